@@ -1,0 +1,447 @@
+//! The auth service: registration, login, session validation, logout, revocation and password
+//! change, over any [`UserStore`] and [`SessionStore`]. No HTTP here.
+
+use crate::clock::SharedClock;
+use crate::ids::{SessionId, UserId, Username, UsernameError, USERNAME_MAX};
+use crate::password::{self, HashError, PasswordHasher, PolicyError, PASSWORD_MAX};
+use crate::secret::{Password, SessionToken, TokenHash};
+use crate::store::{DynSessionStore, DynUserStore, SessionRecord, StoreError, UserRecord};
+use crate::throttle::{LoginThrottle, ThrottleConfig};
+use std::net::IpAddr;
+use time::{Duration, OffsetDateTime};
+
+/// Audit events go to this tracing target.
+pub const AUDIT: &str = "keyward::audit";
+
+/// Longest user agent kept with a session.
+const USER_AGENT_MAX: usize = 256;
+
+/// Settings of the service.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// A session unused for this long is over.
+    pub idle_timeout: Duration,
+    /// A session older than this is over, however much it is used.
+    pub absolute_timeout: Duration,
+    /// Whether `register` is open to anyone.
+    pub open_registration: bool,
+    /// Login throttling.
+    pub throttle: ThrottleConfig,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::minutes(30),
+            absolute_timeout: Duration::days(7),
+            open_registration: true,
+            throttle: ThrottleConfig::default(),
+        }
+    }
+}
+
+impl AuthConfig {
+    /// `last_seen_at` is written at most this often per session, so that validation is a
+    /// single read almost always: a quarter of the idle timeout, at most a minute. The idle
+    /// timeout is therefore enforced to within this interval.
+    pub fn touch_interval(&self) -> Duration {
+        let quarter: Duration = self.idle_timeout / 4;
+        quarter.min(Duration::minutes(1))
+    }
+}
+
+/// What the service can fail with. Each variant maps to one HTTP answer at the edge.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Unknown user, wrong password or locked account: deliberately one error.
+    #[error("invalid username or password")]
+    InvalidCredentials,
+    /// Too many failures for the account or the client address.
+    #[error("too many failed attempts; retry later")]
+    Throttled {
+        /// How long until a new attempt may succeed.
+        retry_after: Duration,
+    },
+    /// A field is longer than anything that could be valid.
+    #[error("{0} is too long")]
+    TooLong(&'static str),
+    /// Registration: the username is taken.
+    #[error("username is already taken")]
+    UsernameTaken,
+    /// Registration: the username is not valid.
+    #[error(transparent)]
+    InvalidUsername(#[from] UsernameError),
+    /// The new password is weaker than the policy.
+    #[error(transparent)]
+    WeakPassword(#[from] PolicyError),
+    /// Registration is closed.
+    #[error("registration is closed")]
+    RegistrationClosed,
+    /// Password change: the current password is wrong.
+    #[error("current password is incorrect")]
+    WrongCurrentPassword,
+    /// Admin: no such user.
+    #[error("no such user")]
+    NoSuchUser,
+    /// The session was revoked while the request ran.
+    #[error("session is no longer valid")]
+    SessionGone,
+    /// A store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Hashing failed.
+    #[error(transparent)]
+    Hash(#[from] HashError),
+    /// The OS random source failed.
+    #[error("random source failed")]
+    Random(#[source] getrandom::Error),
+}
+
+/// Result of service calls.
+pub type AuthResult<T> = Result<T, AuthError>;
+
+/// Who is logging in from where.
+#[derive(Debug, Clone, Default)]
+pub struct ClientInfo {
+    /// Client address (after trusted-proxy resolution).
+    pub ip: Option<IpAddr>,
+    /// User-Agent header.
+    pub user_agent: Option<String>,
+}
+
+/// A fresh login: the token to hand to the client once, and the stored record.
+#[derive(Debug)]
+pub struct NewSession {
+    /// The secret for the cookie.
+    pub token: SessionToken,
+    /// The session as stored.
+    pub session: SessionRecord,
+}
+
+/// The auth service. Cheap to share behind an `Arc`.
+pub struct AuthService {
+    users: DynUserStore,
+    sessions: DynSessionStore,
+    hasher: PasswordHasher,
+    throttle: LoginThrottle,
+    clock: SharedClock,
+    config: AuthConfig,
+}
+
+impl std::fmt::Debug for AuthService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthService").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+fn failure(reason: &'static str) {
+    metrics::counter!("keyward_logins_total", "result" => reason).increment(1);
+}
+
+impl AuthService {
+    /// Assemble the service.
+    pub fn new(
+        users: DynUserStore,
+        sessions: DynSessionStore,
+        hasher: PasswordHasher,
+        clock: SharedClock,
+        config: AuthConfig,
+    ) -> Self {
+        let throttle = LoginThrottle::new(clock.clone(), config.throttle);
+        Self { users, sessions, hasher, throttle, clock, config }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &AuthConfig {
+        &self.config
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    /// The user store.
+    pub fn users(&self) -> &DynUserStore {
+        &self.users
+    }
+
+    /// The session store.
+    pub fn sessions(&self) -> &DynSessionStore {
+        &self.sessions
+    }
+
+    /// Register a user through the public API (refused when registration is closed).
+    pub async fn register(&self, username: &str, password: &Password) -> AuthResult<UserRecord> {
+        if !self.config.open_registration {
+            return Err(AuthError::RegistrationClosed);
+        }
+        self.create_user(username, password).await
+    }
+
+    /// Create a user (the admin path: works with registration closed).
+    pub async fn create_user(&self, username: &str, password: &Password) -> AuthResult<UserRecord> {
+        let name = Username::parse(username)?;
+        password::check_policy(password, &[name.as_str()])?;
+        if self.users.user_by_name(name.as_str()).await?.is_some() {
+            return Err(AuthError::UsernameTaken);
+        }
+        let user = UserRecord {
+            id: UserId::new(),
+            username: name.as_str().to_owned(),
+            password_hash: self.hasher.hash(password).await?,
+            created_at: self.clock.now(),
+            locked: false,
+        };
+        match self.users.create_user(&user).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict(_)) => return Err(AuthError::UsernameTaken),
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(target: AUDIT, event = "user_created", user_id = %user.id, username = %user.username);
+        Ok(user)
+    }
+
+    /// Check credentials and open a new session with a brand-new token.
+    ///
+    /// Unknown user, wrong password and locked account fail alike, after the same Argon2 work.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &Password,
+        client: &ClientInfo,
+    ) -> AuthResult<NewSession> {
+        let user = self.check_credentials(username, password, client.ip).await?;
+        let session = self.open_session(&user, client).await?;
+        Ok(session)
+    }
+
+    /// Verify a username and password, with throttling, equal failures, and the upgrade of a
+    /// hash stored with weaker parameters. Returns the user as it now is.
+    pub async fn check_credentials(
+        &self,
+        username: &str,
+        password: &Password,
+        ip: Option<IpAddr>,
+    ) -> AuthResult<UserRecord> {
+        if username.chars().count() > USERNAME_MAX {
+            return Err(AuthError::TooLong("username"));
+        }
+        if password.expose().chars().count() > PASSWORD_MAX {
+            return Err(AuthError::TooLong("password"));
+        }
+        if let Err(retry_after) = self.throttle.check(username, ip) {
+            failure("throttled");
+            tracing::warn!(target: AUDIT, event = "login_throttled", username, ip = ?ip);
+            return Err(AuthError::Throttled { retry_after });
+        }
+        let user = match Username::parse(username) {
+            Ok(name) => self.users.user_by_name(name.as_str()).await?,
+            Err(_) => None,
+        };
+        let verified = self.hasher.verify(password, user.as_ref().map(|u| u.password_hash.as_str())).await?;
+        let Some(mut user) = user.filter(|u| verified.ok && !u.locked) else {
+            self.throttle.record_failure(username, ip);
+            failure("failed");
+            tracing::info!(target: AUDIT, event = "login_failed", username, ip = ?ip);
+            return Err(AuthError::InvalidCredentials);
+        };
+        if verified.needs_rehash {
+            match self.hasher.hash(password).await {
+                Ok(phc) => match self.users.set_password_hash(user.id, &phc).await {
+                    Ok(()) => {
+                        tracing::info!(target: AUDIT, event = "password_hash_upgraded", user_id = %user.id);
+                        user.password_hash = phc;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not store the upgraded password hash"),
+                },
+                Err(e) => tracing::warn!(error = %e, "could not upgrade the password hash"),
+            }
+        }
+        self.throttle.reset_account(username);
+        Ok(user)
+    }
+
+    async fn open_session(&self, user: &UserRecord, client: &ClientInfo) -> AuthResult<NewSession> {
+        let token = SessionToken::generate().map_err(AuthError::Random)?;
+        let now = self.clock.now();
+        let session = SessionRecord {
+            id: SessionId::new(),
+            token_hash: token.hash(),
+            user_id: user.id,
+            username: user.username.clone(),
+            created_at: now,
+            last_seen_at: now,
+            expires_at: now + self.config.absolute_timeout,
+            ip: client.ip.map(|ip| ip.to_string()),
+            user_agent: client.user_agent.as_deref().map(truncate_user_agent),
+        };
+        self.sessions.create(&session).await?;
+        // A password change, lock or delete that ran while this login was being checked must
+        // not leave a session behind: look again now that the session exists, and undo it.
+        let current = self.users.user_by_id(user.id).await?;
+        if !current.is_some_and(|c| !c.locked && c.password_hash == user.password_hash) {
+            self.sessions.delete(&session.token_hash).await?;
+            failure("failed");
+            return Err(AuthError::InvalidCredentials);
+        }
+        metrics::counter!("keyward_logins_total", "result" => "ok").increment(1);
+        metrics::counter!("keyward_sessions_created_total").increment(1);
+        tracing::info!(target: AUDIT, event = "login_ok", user_id = %user.id, session_id = %session.id, ip = ?client.ip);
+        Ok(NewSession { token, session })
+    }
+
+    /// The live session for a presented token, if any: one store read, plus a write at most
+    /// once per touch interval to keep the idle timeout moving.
+    pub async fn authenticate(&self, token: &SessionToken) -> Result<Option<SessionRecord>, StoreError> {
+        let hash = token.hash();
+        let Some(mut session) = self.sessions.get(&hash).await? else {
+            return Ok(None);
+        };
+        let now = self.clock.now();
+        if !session.is_live(now, self.config.idle_timeout) {
+            self.sessions.delete(&hash).await?;
+            metrics::counter!("keyward_sessions_revoked_total", "reason" => "expired").increment(1);
+            return Ok(None);
+        }
+        if now - session.last_seen_at >= self.config.touch_interval() {
+            self.sessions.touch(&hash, now).await?;
+            session.last_seen_at = now;
+        }
+        Ok(Some(session))
+    }
+
+    /// End the session behind this token hash (logout).
+    pub async fn logout(&self, token_hash: &TokenHash) -> AuthResult<()> {
+        if let Some(s) = self.sessions.delete(token_hash).await? {
+            metrics::counter!("keyward_sessions_revoked_total", "reason" => "logout").increment(1);
+            tracing::info!(target: AUDIT, event = "logout", user_id = %s.user_id, session_id = %s.id);
+        }
+        Ok(())
+    }
+
+    /// The live sessions of a user, newest first.
+    pub async fn list_sessions(&self, user: UserId) -> AuthResult<Vec<SessionRecord>> {
+        let now = self.clock.now();
+        let mut list: Vec<SessionRecord> = self
+            .sessions
+            .list_for_user(user)
+            .await?
+            .into_iter()
+            .filter(|s| s.is_live(now, self.config.idle_timeout))
+            .collect();
+        list.sort_by_key(|s| std::cmp::Reverse(s.created_at));
+        Ok(list)
+    }
+
+    /// Revoke one session by public id: only the owner's when `owner` is given.
+    pub async fn revoke_session(&self, id: SessionId, owner: Option<UserId>) -> AuthResult<bool> {
+        let Some(s) = self.sessions.delete_by_id(id, owner).await? else {
+            return Ok(false);
+        };
+        metrics::counter!("keyward_sessions_revoked_total", "reason" => "revoked").increment(1);
+        tracing::info!(target: AUDIT, event = "session_revoked", user_id = %s.user_id, session_id = %s.id);
+        Ok(true)
+    }
+
+    /// Revoke every session of a user but `keep`.
+    pub async fn revoke_user_sessions(&self, user: UserId, keep: Option<SessionId>) -> AuthResult<u64> {
+        let n = self.sessions.delete_for_user(user, keep).await?;
+        metrics::counter!("keyward_sessions_revoked_total", "reason" => "revoked").increment(n);
+        tracing::info!(target: AUDIT, event = "sessions_revoked", user_id = %user, count = n, kept = ?keep);
+        Ok(n)
+    }
+
+    /// Change the password of the session's user: verify the current one, store the new hash,
+    /// revoke every other session, and give this session a new token and id.
+    pub async fn change_password(
+        &self,
+        session: &SessionRecord,
+        current: &Password,
+        new: &Password,
+        client: &ClientInfo,
+    ) -> AuthResult<NewSession> {
+        password::check_length(new)?;
+        if current.expose().chars().count() > PASSWORD_MAX {
+            return Err(AuthError::TooLong("current_password"));
+        }
+        password::check_policy(new, &[session.username.as_str()])?;
+        if let Err(retry_after) = self.throttle.check(&session.username, client.ip) {
+            return Err(AuthError::Throttled { retry_after });
+        }
+        let user = self.users.user_by_id(session.user_id).await?.ok_or(AuthError::SessionGone)?;
+        let verified = self.hasher.verify(current, Some(&user.password_hash)).await?;
+        if !verified.ok {
+            self.throttle.record_failure(&session.username, client.ip);
+            tracing::info!(target: AUDIT, event = "password_change_failed", user_id = %user.id);
+            return Err(AuthError::WrongCurrentPassword);
+        }
+        let phc = self.hasher.hash(new).await?;
+        self.users.set_password_hash(user.id, &phc).await?;
+        self.sessions.delete_for_user(user.id, Some(session.id)).await?;
+        let token = SessionToken::generate().map_err(AuthError::Random)?;
+        let now = self.clock.now();
+        let renewed = SessionRecord {
+            id: SessionId::new(),
+            token_hash: token.hash(),
+            created_at: now,
+            last_seen_at: now,
+            expires_at: now + self.config.absolute_timeout,
+            ..session.clone()
+        };
+        if !self.sessions.replace(&session.token_hash, &renewed).await? {
+            return Err(AuthError::SessionGone);
+        }
+        tracing::info!(target: AUDIT, event = "password_changed", user_id = %user.id, session_id = %renewed.id);
+        Ok(NewSession { token, session: renewed })
+    }
+
+    /// Find a user by name or fail with [`AuthError::NoSuchUser`].
+    pub async fn user_named(&self, username: &str) -> AuthResult<UserRecord> {
+        self.users.user_by_name(username).await?.ok_or(AuthError::NoSuchUser)
+    }
+
+    /// Lock or unlock a user. Locking revokes every session of the user.
+    pub async fn set_locked(&self, username: &str, locked: bool) -> AuthResult<UserRecord> {
+        let user = self.user_named(username).await?;
+        self.users.set_locked(user.id, locked).await?;
+        if locked {
+            self.sessions.delete_for_user(user.id, None).await?;
+        }
+        tracing::info!(target: AUDIT, event = if locked { "user_locked" } else { "user_unlocked" }, user_id = %user.id);
+        Ok(UserRecord { locked, ..user })
+    }
+
+    /// Delete a user and every session of theirs.
+    pub async fn delete_user(&self, username: &str) -> AuthResult<UserRecord> {
+        let user = self.user_named(username).await?;
+        self.sessions.delete_for_user(user.id, None).await?;
+        self.users.delete_user(user.id).await?;
+        // A login racing the delete re-checks the user after creating its session; clear again
+        // in case one slipped in between the two calls above.
+        self.sessions.delete_for_user(user.id, None).await?;
+        tracing::info!(target: AUDIT, event = "user_deleted", user_id = %user.id);
+        Ok(user)
+    }
+
+    /// Remove expired sessions from the store.
+    pub async fn purge_expired(&self) -> AuthResult<u64> {
+        let now = self.clock.now();
+        Ok(self.sessions.purge_expired(now, now - self.config.idle_timeout).await?)
+    }
+
+    /// Whether both stores answer.
+    pub async fn ready(&self) -> Result<(), StoreError> {
+        self.users.ping().await?;
+        self.sessions.ping().await
+    }
+
+    /// When a session stops being valid.
+    pub fn valid_until(&self, session: &SessionRecord) -> OffsetDateTime {
+        session.valid_until(self.config.idle_timeout)
+    }
+}
+
+fn truncate_user_agent(ua: &str) -> String {
+    ua.chars().take(USER_AGENT_MAX).collect()
+}

@@ -1,0 +1,25 @@
+//! keyward's domain: users, sessions, the secrets that stand for them, the store traits every
+//! backend implements, the clock that expiry reads, and the [`AuthService`] that ties them
+//! together. Nothing here knows HTTP or a particular database.
+#![deny(missing_docs)]
+
+pub mod auth;
+pub mod clock;
+pub mod ids;
+pub mod memory;
+pub mod password;
+pub mod secret;
+pub mod store;
+pub mod throttle;
+
+pub use auth::{AuthConfig, AuthError, AuthResult, AuthService, ClientInfo, NewSession, AUDIT};
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use ids::{SessionId, UserId, Username};
+pub use memory::MemorySessionStore;
+pub use password::PasswordHasher;
+pub use secret::{Password, SessionToken, TokenHash};
+pub use store::{
+    DynSessionStore, DynUserStore, SessionRecord, SessionStore, StoreError, StoreResult,
+    UserRecord, UserStore,
+};
+pub use throttle::ThrottleConfig;

@@ -1,0 +1,160 @@
+//! The store abstractions every backend implements, and the records they keep.
+//!
+//! Stores never read the clock: every time they need comes in as an argument, so the same
+//! conformance suite drives every backend through expiry without sleeping.
+
+use crate::ids::{SessionId, UserId};
+use crate::secret::TokenHash;
+use async_trait::async_trait;
+use std::sync::Arc;
+use time::{Duration, OffsetDateTime};
+
+/// What a store can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached or did not answer in time: retry later (HTTP 503).
+    #[error("store unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A uniqueness rule was broken (a username taken).
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
+    /// The store holds something this version cannot read.
+    #[error("store holds invalid data: {0}")]
+    Corrupt(String),
+}
+
+/// Result of store operations.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A session as stored: everything needed to answer a validated request in one look-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// Public id.
+    pub id: SessionId,
+    /// SHA-256 of the token: the look-up key.
+    pub token_hash: TokenHash,
+    /// Owner.
+    pub user_id: UserId,
+    /// Owner's username, kept with the session so a validated request needs no second look-up.
+    pub username: String,
+    /// Creation time.
+    pub created_at: OffsetDateTime,
+    /// Last time the session was used (updated at most once per touch interval).
+    pub last_seen_at: OffsetDateTime,
+    /// Absolute expiry: creation + absolute timeout.
+    pub expires_at: OffsetDateTime,
+    /// Client address at login.
+    pub ip: Option<String>,
+    /// Client user agent at login (truncated).
+    pub user_agent: Option<String>,
+}
+
+impl SessionRecord {
+    /// When the session stops being valid, given the idle timeout.
+    pub fn valid_until(&self, idle_timeout: Duration) -> OffsetDateTime {
+        (self.last_seen_at + idle_timeout).min(self.expires_at)
+    }
+
+    /// Whether the session is valid at `now`.
+    pub fn is_live(&self, now: OffsetDateTime, idle_timeout: Duration) -> bool {
+        now < self.valid_until(idle_timeout)
+    }
+}
+
+/// Where sessions live. Implementations must make each method atomic on its own.
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// Store a new session.
+    async fn create(&self, session: &SessionRecord) -> StoreResult<()>;
+
+    /// Look a session up by the hash of its token. Expired sessions may still be returned;
+    /// the caller decides with [`SessionRecord::is_live`].
+    async fn get(&self, token_hash: &TokenHash) -> StoreResult<Option<SessionRecord>>;
+
+    /// Record use of a session: set `last_seen_at` (never moves it backwards).
+    async fn touch(&self, token_hash: &TokenHash, last_seen_at: OffsetDateTime) -> StoreResult<()>;
+
+    /// Remove a session by token hash; returns what was removed.
+    async fn delete(&self, token_hash: &TokenHash) -> StoreResult<Option<SessionRecord>>;
+
+    /// Remove a session by its public id, only if it belongs to `owner` when one is given.
+    /// Returns what was removed; `None` when it is gone or not the owner's.
+    async fn delete_by_id(
+        &self,
+        id: SessionId,
+        owner: Option<UserId>,
+    ) -> StoreResult<Option<SessionRecord>>;
+
+    /// Remove every session of `user` except `keep`; returns how many were removed.
+    async fn delete_for_user(&self, user: UserId, keep: Option<SessionId>) -> StoreResult<u64>;
+
+    /// Every stored session of `user` (expired ones included; callers filter).
+    async fn list_for_user(&self, user: UserId) -> StoreResult<Vec<SessionRecord>>;
+
+    /// Atomically replace the session `old` by `new` (a new token for the same login).
+    /// Returns false, storing nothing, when `old` no longer exists.
+    async fn replace(&self, old: &TokenHash, new: &SessionRecord) -> StoreResult<bool>;
+
+    /// Remove sessions that are past their absolute expiry at `now` or unused since before
+    /// `idle_cutoff`; returns how many.
+    async fn purge_expired(
+        &self,
+        now: OffsetDateTime,
+        idle_cutoff: OffsetDateTime,
+    ) -> StoreResult<u64>;
+
+    /// Whether the store answers.
+    async fn ping(&self) -> StoreResult<()>;
+}
+
+/// A user as stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    /// Id.
+    pub id: UserId,
+    /// Username as registered.
+    pub username: String,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    /// Creation time.
+    pub created_at: OffsetDateTime,
+    /// Locked users cannot log in and have no sessions.
+    pub locked: bool,
+}
+
+impl std::fmt::Debug for UserRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRecord")
+            .field("id", &self.id)
+            .field("username", &self.username)
+            .field("created_at", &self.created_at)
+            .field("locked", &self.locked)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where users live.
+#[async_trait]
+pub trait UserStore: Send + Sync + 'static {
+    /// Store a new user; [`StoreError::Conflict`] when the username (ignoring case) is taken.
+    async fn create_user(&self, user: &UserRecord) -> StoreResult<()>;
+    /// Find a user by username, ignoring case.
+    async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>>;
+    /// Find a user by id.
+    async fn user_by_id(&self, id: UserId) -> StoreResult<Option<UserRecord>>;
+    /// Replace the password hash.
+    async fn set_password_hash(&self, id: UserId, phc: &str) -> StoreResult<()>;
+    /// Lock or unlock; false when there is no such user.
+    async fn set_locked(&self, id: UserId, locked: bool) -> StoreResult<bool>;
+    /// Delete; false when there is no such user.
+    async fn delete_user(&self, id: UserId) -> StoreResult<bool>;
+    /// All users, by username.
+    async fn list_users(&self) -> StoreResult<Vec<UserRecord>>;
+    /// Whether the store answers.
+    async fn ping(&self) -> StoreResult<()>;
+}
+
+/// Shared handle to a session store.
+pub type DynSessionStore = Arc<dyn SessionStore>;
+/// Shared handle to a user store.
+pub type DynUserStore = Arc<dyn UserStore>;

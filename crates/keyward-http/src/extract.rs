@@ -1,0 +1,261 @@
+//! Extractors: the session cookie, the current session, the client address, and request
+//! bodies that may be JSON or an HTML form.
+
+use crate::error::ApiError;
+use crate::Keyward;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+use cookie::Cookie;
+use keyward_core::{SessionRecord, SessionToken};
+use serde::de::DeserializeOwned;
+use std::net::{IpAddr, SocketAddr};
+
+/// What the `Cookie` headers say about the session cookie.
+#[derive(Debug)]
+pub enum CookieToken {
+    /// Not sent.
+    Absent,
+    /// Sent once with this value (which may not even have the shape of a token).
+    Present(String),
+    /// Sent more than once: refused rather than guessed at.
+    Duplicated,
+}
+
+/// Find the session cookie among the request's `Cookie` headers.
+pub fn session_cookie(headers: &HeaderMap, name: &str) -> CookieToken {
+    let mut found: Option<String> = None;
+    for value in headers.get_all(header::COOKIE) {
+        let Ok(text) = value.to_str() else { continue };
+        for cookie in Cookie::split_parse(text).flatten() {
+            if cookie.name() == name {
+                if found.is_some() {
+                    return CookieToken::Duplicated;
+                }
+                found = Some(cookie.value().to_owned());
+            }
+        }
+    }
+    found.map_or(CookieToken::Absent, CookieToken::Present)
+}
+
+pub(crate) fn keyward_from(parts: &Parts) -> Result<Keyward, ApiError> {
+    parts
+        .extensions
+        .get::<Keyward>()
+        .cloned()
+        .ok_or_else(|| ApiError::Internal("keyward layer is not installed".into()))
+}
+
+/// The validated session of the request's cookie, with the token it was found by.
+/// Rejects with 401 (no or invalid cookie), 400 (cookie sent twice) or 503 (store down).
+#[derive(Debug, Clone)]
+pub struct CurrentSession {
+    /// The session.
+    pub session: SessionRecord,
+    /// The token it was presented with.
+    pub token: SessionToken,
+}
+
+impl CurrentSession {
+    async fn resolve(parts: &Parts) -> Result<Option<Self>, ApiError> {
+        let kw = keyward_from(parts)?;
+        let raw = match session_cookie(&parts.headers, kw.cookie_name()) {
+            CookieToken::Absent => return Ok(None),
+            CookieToken::Duplicated => {
+                return Err(ApiError::BadRequest(format!(
+                    "the {} cookie was sent more than once",
+                    kw.cookie_name()
+                )))
+            }
+            CookieToken::Present(raw) => raw,
+        };
+        let Some(token) = SessionToken::parse(&raw) else { return Ok(None) };
+        let session = kw.auth().authenticate(&token).await?;
+        Ok(session.map(|session| Self { session, token }))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for CurrentSession {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Self::resolve(parts).await?.ok_or(ApiError::Unauthorized)
+    }
+}
+
+/// Like [`CurrentSession`] but `None` instead of 401 (pages use it). Still 400 or 503.
+#[derive(Debug, Clone)]
+pub struct MaybeSession(pub Option<CurrentSession>);
+
+impl<S: Send + Sync> FromRequestParts<S> for MaybeSession {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(CurrentSession::resolve(parts).await?))
+    }
+}
+
+/// The client's address: the TCP peer, or, when the peer is a trusted proxy, the nearest
+/// address in `X-Forwarded-For` that is not itself a trusted proxy.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let kw = keyward_from(parts)?;
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        Ok(Self(peer.map(|p| kw.resolve_client(p, &parts.headers))))
+    }
+}
+
+/// The `User-Agent` header, if it is text.
+pub fn user_agent(headers: &HeaderMap) -> Option<String> {
+    headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+/// How a body arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// `application/json`.
+    Json,
+    /// `application/x-www-form-urlencoded` (an HTML form).
+    Form,
+}
+
+/// A body that may be JSON or an HTML form, decoded into `T`. Bad input answers 400 (not
+/// parseable), 413 (over 64 KiB), 415 (other content types) or 422 (wrong shape).
+#[derive(Debug)]
+pub struct Input<T> {
+    /// The decoded body.
+    pub value: T,
+    /// Its encoding.
+    pub kind: BodyKind,
+}
+
+fn body_kind(headers: &HeaderMap) -> Option<BodyKind> {
+    let ct = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let essence = ct.split(';').next()?.trim().to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" => Some(BodyKind::Json),
+        e if e.starts_with("application/") && e.ends_with("+json") => Some(BodyKind::Json),
+        "application/x-www-form-urlencoded" => Some(BodyKind::Form),
+        _ => None,
+    }
+}
+
+/// Read a whole body within the configured limit.
+pub(crate) async fn read_body(req: Request) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::Bytes::from_request(req, &()).await.map_err(|e| {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge
+        } else {
+            ApiError::BadRequest("the request body could not be read".into())
+        }
+    })
+}
+
+/// Decode JSON, describing errors without echoing the values sent (they may be secrets).
+pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        let at = format!("line {}, column {}", e.line(), e.column());
+        match e.classify() {
+            serde_json::error::Category::Data => {
+                let msg = e.to_string();
+                if msg.starts_with("missing field") || msg.starts_with("unknown field") {
+                    let what = msg.split(" at line").next().unwrap_or("invalid field");
+                    ApiError::Unprocessable(format!("{what} ({at})"))
+                } else {
+                    ApiError::Unprocessable(format!(
+                        "a field has the wrong type or value ({at}); see /openapi.json"
+                    ))
+                }
+            }
+            _ => ApiError::BadRequest(format!("the body is not valid JSON ({at})")),
+        }
+    })
+}
+
+/// Decode an HTML form body.
+pub fn decode_form<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if std::str::from_utf8(bytes).is_err() {
+        return Err(ApiError::BadRequest("the form body is not valid UTF-8".into()));
+    }
+    serde_urlencoded::from_bytes(bytes).map_err(|e| {
+        let msg = e.to_string();
+        if msg.starts_with("missing field") {
+            ApiError::Unprocessable(msg)
+        } else {
+            ApiError::Unprocessable("a form field is invalid".into())
+        }
+    })
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Input<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        let Some(kind) = body_kind(req.headers()) else {
+            return Err(ApiError::UnsupportedMediaType(
+                "send application/json or application/x-www-form-urlencoded".into(),
+            ));
+        };
+        let bytes = read_body(req).await?;
+        let value = match kind {
+            BodyKind::Json => decode_json(&bytes)?,
+            BodyKind::Form => decode_form(&bytes)?,
+        };
+        Ok(Self { value, kind })
+    }
+}
+
+/// A JSON-only body.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        if body_kind(req.headers()) != Some(BodyKind::Json) {
+            return Err(ApiError::UnsupportedMediaType("send application/json".into()));
+        }
+        let bytes = read_body(req).await?;
+        Ok(Self(decode_json(&bytes)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn finds_duplicated_cookies_across_headers() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1; keyward=x"));
+        assert!(matches!(session_cookie(&h, "keyward"), CookieToken::Present(v) if v == "x"));
+        h.append(header::COOKIE, HeaderValue::from_static("keyward=y"));
+        assert!(matches!(session_cookie(&h, "keyward"), CookieToken::Duplicated));
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("keyward=x; keyward=x"));
+        assert!(matches!(session_cookie(&h, "keyward"), CookieToken::Duplicated));
+        assert!(matches!(session_cookie(&HeaderMap::new(), "keyward"), CookieToken::Absent));
+    }
+
+    #[test]
+    fn json_errors_never_echo_values() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct P {
+            password: String,
+        }
+        let e = decode_json::<P>(br#"{"password": 98765432}"#).unwrap_err();
+        assert!(!e.detail().contains("98765432"), "{}", e.detail());
+        assert!(matches!(e, ApiError::Unprocessable(_)));
+        assert!(matches!(decode_json::<P>(b"{"), Err(ApiError::BadRequest(_))));
+        assert!(matches!(decode_json::<P>(b"{}"), Err(ApiError::Unprocessable(d)) if d.contains("missing field `password`")));
+    }
+}

@@ -1,0 +1,143 @@
+//! keyward over HTTP.
+//!
+//! [`Keyward`] wraps an [`AuthService`] with the HTTP settings and gives:
+//! - [`Keyward::router`]: the whole server (API, pages, health, metrics, OpenAPI);
+//! - [`Keyward::layer`]: a layer for embedding keyward in another axum/tower app, after which
+//!   the [`CurrentSession`] extractor gives the signed-in user's session in any handler.
+//!
+//! This crate is the only one that knows HTTP: status codes are decided in [`error`] alone.
+#![deny(missing_docs)]
+
+pub mod error;
+pub mod extract;
+mod guard;
+pub mod metrics;
+mod pages;
+mod routes;
+
+pub use error::ApiError;
+pub use extract::{ClientAddr, CurrentSession, MaybeSession};
+
+use axum::http::HeaderMap;
+use ipnet::IpNet;
+use keyward_core::AuthService;
+use std::net::IpAddr;
+use std::sync::Arc;
+use url::Url;
+
+/// Settings of the HTTP edge.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// The URL users reach keyward at; its scheme decides `Secure` cookies and its origin is
+    /// accepted for cross-site checks.
+    pub public_url: Url,
+    /// Further origins allowed to make cookie-authenticated unsafe requests.
+    pub allowed_origins: Vec<Url>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl HttpConfig {
+    /// Settings for this public URL, with no other allowed origin and no trusted proxy.
+    pub fn new(public_url: Url) -> Self {
+        Self { public_url, allowed_origins: Vec::new(), trusted_proxies: Vec::new() }
+    }
+}
+
+struct Inner {
+    auth: AuthService,
+    config: HttpConfig,
+    origins: Vec<String>,
+    cookie_name: &'static str,
+}
+
+/// keyward's HTTP face. Cheap to clone.
+#[derive(Clone)]
+pub struct Keyward {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Keyward {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyward").field("config", &self.inner.config).finish_non_exhaustive()
+    }
+}
+
+/// Cookie name over plain HTTP.
+pub const COOKIE_NAME: &str = "keyward";
+/// Cookie name over HTTPS: the `__Host-` prefix binds it to this host, path `/`, `Secure`.
+pub const SECURE_COOKIE_NAME: &str = "__Host-keyward";
+
+impl Keyward {
+    /// Put the service behind HTTP.
+    pub fn new(auth: AuthService, config: HttpConfig) -> Self {
+        let origins = std::iter::once(&config.public_url)
+            .chain(config.allowed_origins.iter())
+            .map(|u| u.origin().ascii_serialization())
+            .collect();
+        let cookie_name =
+            if config.public_url.scheme() == "https" { SECURE_COOKIE_NAME } else { COOKIE_NAME };
+        Self { inner: Arc::new(Inner { auth, config, origins, cookie_name }) }
+    }
+
+    /// The service.
+    pub fn auth(&self) -> &AuthService {
+        &self.inner.auth
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &HttpConfig {
+        &self.inner.config
+    }
+
+    /// Whether cookies are `Secure` (an `https` public URL).
+    pub fn secure(&self) -> bool {
+        self.inner.config.public_url.scheme() == "https"
+    }
+
+    /// The session cookie's name.
+    pub fn cookie_name(&self) -> &'static str {
+        self.inner.cookie_name
+    }
+
+    /// Whether `origin` (an `Origin` header value) may send cookie-authenticated unsafe requests.
+    pub fn origin_allowed(&self, origin: &str) -> bool {
+        self.inner.origins.iter().any(|o| o.eq_ignore_ascii_case(origin))
+    }
+
+    /// The client address given the TCP peer and the request headers.
+    pub fn resolve_client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let trusted = |ip: &IpAddr| self.inner.config.trusted_proxies.iter().any(|n| n.contains(ip));
+        if !trusted(&peer) {
+            return peer;
+        }
+        // Walk X-Forwarded-For from the nearest hop back; the first untrusted address is the
+        // client. Unparseable entries stop the walk: nothing before them can be trusted.
+        let hops: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect();
+        let mut client = peer;
+        for hop in hops.iter().rev() {
+            let Ok(ip) = hop.parse::<IpAddr>() else { break };
+            client = ip;
+            if !trusted(&ip) {
+                break;
+            }
+        }
+        client
+    }
+
+    /// A layer that makes [`CurrentSession`] and friends work in another app's handlers.
+    pub fn layer(&self) -> axum::Extension<Keyward> {
+        axum::Extension(self.clone())
+    }
+
+    /// The whole keyward server.
+    pub fn router(&self) -> axum::Router {
+        routes::router(self)
+    }
+}

@@ -1,0 +1,282 @@
+//! Server-rendered pages: sign in, register, account. They work without JavaScript; every
+//! change is a same-origin form post, refused cross-site like any cookie-authenticated request.
+
+use crate::error::{retry_seconds, ApiError};
+use crate::extract::{decode_form, read_body, ClientAddr, CurrentSession, MaybeSession};
+use crate::routes::{client_info, local_target, logged_out_headers, session_list, set_session_cookie, PasswordChange};
+use crate::Keyward;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use keyward_core::{Password, SessionId};
+use maud::{html, Markup, DOCTYPE};
+use serde::Deserialize;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+pub(crate) fn routes() -> Router<Keyward> {
+    Router::new()
+        .route("/", get(sign_in_page))
+        .route("/register", get(register_page))
+        .route("/account", get(account_page))
+        .route("/account/sessions/{id}/revoke", post(revoke_one))
+        .route("/account/sessions/revoke-others", post(revoke_others))
+        .route("/account/sign-out", post(sign_out))
+        .route("/account/password", post(change_password))
+        .route("/assets/keyward.css", get(css))
+}
+
+const CSS: &str = include_str!("../assets/keyward.css");
+
+async fn css() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=3600")], CSS)
+}
+
+fn layout(title: &str, signed_in: Option<&str>, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · keyward" }
+                link rel="stylesheet" href="/assets/keyward.css";
+            }
+            body {
+                header.top {
+                    a.brand href="/" { "keyward" }
+                    @if let Some(name) = signed_in {
+                        nav aria-label="Account" {
+                            span.who { "Signed in as " strong { (name) } }
+                            a href="/account" { "Account" }
+                        }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+fn page(status: StatusCode, markup: Markup) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], markup.into_string()).into_response()
+}
+
+fn alert(kind: &str, text: &str) -> Markup {
+    html! { p class=(format!("alert {kind}")) role=(if kind == "error" { "alert" } else { "status" }) { (text) } }
+}
+
+#[derive(Deserialize, Default)]
+struct SignInQuery {
+    next: Option<String>,
+    registered: Option<String>,
+    signed_out: Option<String>,
+}
+
+fn sign_in_form(username: &str, next: &str, message: Option<Markup>) -> Markup {
+    html! {
+        section.card {
+            h1 { "Sign in" }
+            @if let Some(m) = message { (m) }
+            form method="post" action="/v1/sessions" {
+                input type="hidden" name="next" value=(next);
+                label for="username" { "Username" }
+                input #username type="text" name="username" value=(username) autocomplete="username" required maxlength="64" autofocus;
+                label for="password" { "Password" }
+                input #password type="password" name="password" autocomplete="current-password" required maxlength="256";
+                button type="submit" { "Sign in" }
+            }
+            p.aside { "No account? " a href="/register" { "Create one" } }
+        }
+    }
+}
+
+async fn sign_in_page(MaybeSession(cs): MaybeSession, Query(q): Query<SignInQuery>) -> Response {
+    if let Some(cs) = cs {
+        let body = html! {
+            section.card {
+                h1 { "You are signed in" }
+                p { "Signed in as " strong { (cs.session.username) } "." }
+                p { a.button href="/account" { "Go to your account" } }
+            }
+        };
+        return page(StatusCode::OK, layout("Signed in", Some(&cs.session.username), body));
+    }
+    let next = local_target(q.next.as_deref(), "/account");
+    let message = if q.registered.is_some() {
+        Some(alert("ok", "Your account was created. Sign in to continue."))
+    } else if q.signed_out.is_some() {
+        Some(alert("ok", "You are signed out."))
+    } else {
+        None
+    };
+    page(StatusCode::OK, layout("Sign in", None, sign_in_form("", &next, message)))
+}
+
+/// The sign-in page again after a failed form login, with the failure's status.
+pub(crate) fn sign_in_failed(_kw: &Keyward, username: &str, next: Option<&str>, err: ApiError) -> Response {
+    let status = err.status();
+    let text = match &err {
+        ApiError::InvalidCredentials => "Invalid username or password.".to_owned(),
+        ApiError::TooManyRequests { retry_after } => {
+            format!("Too many failed attempts. Try again in {} seconds.", retry_seconds(*retry_after))
+        }
+        other => other.detail(),
+    };
+    let next = local_target(next, "/account");
+    let shown = if username.chars().count() <= 64 { username } else { "" };
+    let mut res = page(status, layout("Sign in", None, sign_in_form(shown, &next, Some(alert("error", &text)))));
+    if let ApiError::TooManyRequests { retry_after } = err {
+        res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_seconds(retry_after)));
+    }
+    res
+}
+
+fn register_form(kw: &Keyward, username: &str, message: Option<Markup>) -> Markup {
+    html! {
+        section.card {
+            h1 { "Create an account" }
+            @if let Some(m) = message { (m) }
+            @if kw.auth().config().open_registration {
+                form method="post" action="/v1/users" {
+                    label for="username" { "Username" }
+                    input #username type="text" name="username" value=(username) autocomplete="username" required maxlength="64" pattern="[A-Za-z0-9._@+\\-]{1,64}" aria-describedby="username-help" autofocus;
+                    p.help #username-help { "1–64 letters, digits or . _ - @ +" }
+                    label for="password" { "Password" }
+                    input #password type="password" name="password" autocomplete="new-password" required minlength="8" maxlength="256" aria-describedby="password-help";
+                    p.help #password-help { "At least 8 characters; not a common password." }
+                    button type="submit" { "Create account" }
+                }
+            } @else {
+                p { "Registration is closed. Ask an administrator for an account." }
+            }
+            p.aside { "Have an account? " a href="/" { "Sign in" } }
+        }
+    }
+}
+
+async fn register_page(State(kw): State<Keyward>) -> Response {
+    page(StatusCode::OK, layout("Register", None, register_form(&kw, "", None)))
+}
+
+/// The register page again after a failed form registration.
+pub(crate) fn register_failed(kw: &Keyward, username: &str, err: ApiError) -> Response {
+    let shown = if username.chars().count() <= 64 { username } else { "" };
+    page(err.status(), layout("Register", None, register_form(kw, shown, Some(alert("error", &err.detail())))))
+}
+
+fn fmt_time(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+async fn account_page(State(kw): State<Keyward>, MaybeSession(cs): MaybeSession) -> Result<Response, ApiError> {
+    let Some(cs) = cs else {
+        return Ok(Redirect::to("/?next=/account").into_response());
+    };
+    render_account(&kw, &cs, None, StatusCode::OK).await
+}
+
+async fn render_account(kw: &Keyward, cs: &CurrentSession, message: Option<Markup>, status: StatusCode) -> Result<Response, ApiError> {
+    let sessions = session_list(kw, cs).await?;
+    let body = html! {
+        section.card.wide {
+            h1 { "Your account" }
+            @if let Some(m) = message { (m) }
+            h2 { "Sessions" }
+            p { "Where you are signed in. Revoke any you do not recognise." }
+            table {
+                caption.visually-hidden { "Your active sessions" }
+                thead { tr { th scope="col" { "Device" } th scope="col" { "Address" } th scope="col" { "Signed in" } th scope="col" { "Last active" } th scope="col" { span.visually-hidden { "Action" } } } }
+                tbody {
+                    @for s in &sessions {
+                        tr.current[s.current] {
+                            td { (s.user_agent.as_deref().unwrap_or("Unknown device")) @if s.current { " " span.badge { "this device" } } }
+                            td { (s.ip.as_deref().unwrap_or("—")) }
+                            td { time datetime=(fmt_time(s.created_at)) { (fmt_time(s.created_at)) } }
+                            td { time datetime=(fmt_time(s.last_seen_at)) { (fmt_time(s.last_seen_at)) } }
+                            td {
+                                @if s.current {
+                                    form method="post" action="/account/sign-out" { button.secondary type="submit" { "Sign out" } }
+                                } @else {
+                                    form method="post" action=(format!("/account/sessions/{}/revoke", s.id)) {
+                                        button.danger type="submit" aria-label=(format!("Revoke session started {}", fmt_time(s.created_at))) { "Revoke" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            div.actions {
+                form method="post" action="/account/sessions/revoke-others" { button.danger type="submit" { "Sign out everywhere else" } }
+                form method="post" action="/account/sign-out" { button.secondary type="submit" { "Sign out" } }
+            }
+            h2 { "Change password" }
+            form method="post" action="/account/password" {
+                label for="current_password" { "Current password" }
+                input #current_password type="password" name="current_password" autocomplete="current-password" required maxlength="256";
+                label for="new_password" { "New password" }
+                input #new_password type="password" name="new_password" autocomplete="new-password" required minlength="8" maxlength="256";
+                button type="submit" { "Change password" }
+            }
+        }
+    };
+    Ok(page(status, layout("Account", Some(&cs.session.username), body)))
+}
+
+/// Pages answer a missing session by sending the browser to sign in.
+fn to_sign_in() -> Response {
+    Redirect::to("/?next=/account").into_response()
+}
+
+async fn revoke_one(State(kw): State<Keyward>, MaybeSession(cs): MaybeSession, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let Some(cs) = cs else { return Ok(to_sign_in()) };
+    if let Some(id) = SessionId::parse(&id) {
+        kw.auth().revoke_session(id, Some(cs.session.user_id)).await?;
+        if id == cs.session.id {
+            return Ok((StatusCode::SEE_OTHER, logged_out_headers(&kw), [(header::LOCATION, "/?signed_out=1")]).into_response());
+        }
+    }
+    Ok(Redirect::to("/account").into_response())
+}
+
+async fn revoke_others(State(kw): State<Keyward>, MaybeSession(cs): MaybeSession) -> Result<Response, ApiError> {
+    let Some(cs) = cs else { return Ok(to_sign_in()) };
+    kw.auth().revoke_user_sessions(cs.session.user_id, Some(cs.session.id)).await?;
+    Ok(Redirect::to("/account").into_response())
+}
+
+async fn sign_out(State(kw): State<Keyward>, MaybeSession(cs): MaybeSession) -> Result<Response, ApiError> {
+    if let Some(cs) = cs {
+        kw.auth().logout(&cs.session.token_hash).await?;
+    }
+    Ok((StatusCode::SEE_OTHER, logged_out_headers(&kw), [(header::LOCATION, "/?signed_out=1")]).into_response())
+}
+
+async fn change_password(
+    State(kw): State<Keyward>,
+    MaybeSession(cs): MaybeSession,
+    addr: ClientAddr,
+    headers: HeaderMap,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let Some(cs) = cs else { return Ok(to_sign_in()) };
+    let form: PasswordChange = decode_form(&read_body(req).await?)?;
+    let client = client_info(addr, &headers);
+    match kw
+        .auth()
+        .change_password(&cs.session, &Password::new(form.current_password), &Password::new(form.new_password), &client)
+        .await
+    {
+        Ok(new) => Ok((StatusCode::SEE_OTHER, [(header::SET_COOKIE, set_session_cookie(&kw, &new.token)), (header::LOCATION, HeaderValue::from_static("/account"))]).into_response()),
+        Err(e) => {
+            let e = ApiError::from(e);
+            if matches!(e, ApiError::Unavailable | ApiError::Internal(_) | ApiError::Unauthorized) {
+                return Err(e);
+            }
+            render_account(&kw, &cs, Some(alert("error", &e.detail())), e.status()).await
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! The JSON API and operations routes, and the router that puts everything together.
+
+use crate::error::ApiError;
+use crate::extract::{user_agent, BodyKind, ClientAddr, CurrentSession, Input, JsonBody};
+use crate::{guard, metrics as kw_metrics, pages, Keyward};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::middleware;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{any, get, post, put};
+use axum::{Json, Router};
+use cookie::{Cookie, SameSite};
+use keyward_core::{ClientInfo, NewSession, Password, SessionId, SessionRecord, UserRecord};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// Largest request body accepted.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+pub(crate) fn router(kw: &Keyward) -> Router {
+    let prometheus = kw_metrics::install();
+    Router::new()
+        .route("/v1/users", post(create_user))
+        .route("/v1/users/me/password", put(change_password))
+        .route("/v1/sessions", post(login).get(list_sessions).delete(revoke_others))
+        .route("/v1/sessions/current", get(current).delete(logout))
+        .route("/v1/sessions/{id}", axum::routing::delete(revoke_one))
+        .route("/v1/me", get(me))
+        .route("/v1/verify", any(verify))
+        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route(
+            "/metrics",
+            get(move || {
+                let body = prometheus.as_ref().map(|h| h.render()).unwrap_or_default();
+                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body) }
+            }),
+        )
+        .route("/openapi.json", get(openapi))
+        .merge(pages::routes())
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn_with_state(kw.clone(), guard::cross_site))
+        .layer(middleware::from_fn(kw_metrics::track))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(guard::security_headers))
+        .layer(kw.layer())
+        .with_state(kw.clone())
+}
+
+// ------------------------------------------------------------------ wire types
+
+/// `{"id","username","created_at"}`
+#[derive(Serialize)]
+pub(crate) struct UserView {
+    id: String,
+    username: String,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+}
+
+impl From<&UserRecord> for UserView {
+    fn from(u: &UserRecord) -> Self {
+        Self { id: u.id.to_string(), username: u.username.clone(), created_at: u.created_at }
+    }
+}
+
+#[derive(Serialize)]
+pub(crate) struct UserRef {
+    id: String,
+    username: String,
+}
+
+#[derive(Serialize)]
+pub(crate) struct SessionView {
+    id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    expires_at: OffsetDateTime,
+}
+
+#[derive(Serialize)]
+pub(crate) struct SessionEnvelope {
+    user: UserRef,
+    session: SessionView,
+}
+
+impl SessionEnvelope {
+    fn new(kw: &Keyward, s: &SessionRecord) -> Self {
+        Self {
+            user: UserRef { id: s.user_id.to_string(), username: s.username.clone() },
+            session: SessionView {
+                id: s.id.to_string(),
+                created_at: s.created_at,
+                expires_at: kw.auth().valid_until(s),
+            },
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub(crate) struct SessionListItem {
+    pub(crate) id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub(crate) created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub(crate) last_seen_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub(crate) expires_at: OffsetDateTime,
+    pub(crate) ip: Option<String>,
+    pub(crate) user_agent: Option<String>,
+    pub(crate) current: bool,
+}
+
+/// Username and password, from JSON or a form.
+#[derive(Deserialize)]
+pub(crate) struct Credentials {
+    pub(crate) username: String,
+    pub(crate) password: String,
+    /// Forms only: where to go after signing in.
+    #[serde(default)]
+    pub(crate) next: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct PasswordChange {
+    pub(crate) current_password: String,
+    pub(crate) new_password: String,
+}
+
+// ------------------------------------------------------------------ cookies
+
+/// `Set-Cookie` for a new session token.
+pub(crate) fn set_session_cookie(kw: &Keyward, token: &keyward_core::SessionToken) -> HeaderValue {
+    let max_age = kw.auth().config().absolute_timeout.whole_seconds();
+    let c = Cookie::build((kw.cookie_name(), token.expose()))
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .path("/")
+        .secure(kw.secure())
+        .max_age(cookie::time::Duration::seconds(max_age))
+        .build();
+    HeaderValue::from_str(&c.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// `Set-Cookie` that removes the session cookie.
+pub(crate) fn clear_session_cookie(kw: &Keyward) -> HeaderValue {
+    let c = Cookie::build((kw.cookie_name(), ""))
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .path("/")
+        .secure(kw.secure())
+        .max_age(cookie::time::Duration::ZERO)
+        .build();
+    HeaderValue::from_str(&c.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+const CLEAR_SITE_DATA: HeaderName = HeaderName::from_static("clear-site-data");
+
+/// Headers of a logout response.
+pub(crate) fn logged_out_headers(kw: &Keyward) -> [(HeaderName, HeaderValue); 2] {
+    [
+        (header::SET_COOKIE, clear_session_cookie(kw)),
+        (CLEAR_SITE_DATA, HeaderValue::from_static("\"cookies\"")),
+    ]
+}
+
+pub(crate) fn client_info(ClientAddr(ip): ClientAddr, headers: &HeaderMap) -> ClientInfo {
+    ClientInfo { ip, user_agent: user_agent(headers) }
+}
+
+/// A local path to go to after a form post: the `next` field when it is a path on this site,
+/// else `fallback`.
+pub(crate) fn local_target(next: Option<&str>, fallback: &str) -> String {
+    match next {
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') && !n.chars().any(char::is_control) => n.to_owned(),
+        _ => fallback.to_owned(),
+    }
+}
+
+// ------------------------------------------------------------------ handlers
+
+async fn create_user(
+    State(kw): State<Keyward>,
+    Input { value, kind }: Input<Credentials>,
+) -> Response {
+    let result = kw.auth().register(&value.username, &Password::new(value.password)).await;
+    match (result, kind) {
+        (Ok(user), BodyKind::Json) => (StatusCode::CREATED, Json(UserView::from(&user))).into_response(),
+        (Ok(_), BodyKind::Form) => Redirect::to("/?registered=1").into_response(),
+        (Err(e), BodyKind::Json) => ApiError::from(e).into_response(),
+        (Err(e), BodyKind::Form) => pages::register_failed(&kw, &value.username, ApiError::from(e)),
+    }
+}
+
+fn session_created(kw: &Keyward, new: &NewSession, status: StatusCode) -> Response {
+    (
+        status,
+        [(header::SET_COOKIE, set_session_cookie(kw, &new.token))],
+        Json(SessionEnvelope::new(kw, &new.session)),
+    )
+        .into_response()
+}
+
+async fn login(
+    State(kw): State<Keyward>,
+    addr: ClientAddr,
+    headers: HeaderMap,
+    Input { value, kind }: Input<Credentials>,
+) -> Response {
+    let client = client_info(addr, &headers);
+    let result = kw.auth().login(&value.username, &Password::new(value.password), &client).await;
+    match (result, kind) {
+        (Ok(new), BodyKind::Json) => session_created(&kw, &new, StatusCode::CREATED),
+        (Ok(new), BodyKind::Form) => {
+            let to = local_target(value.next.as_deref(), "/account");
+            (
+                StatusCode::SEE_OTHER,
+                [(header::SET_COOKIE, set_session_cookie(&kw, &new.token)), (header::LOCATION, HeaderValue::from_str(&to).unwrap_or_else(|_| HeaderValue::from_static("/account")))],
+            )
+                .into_response()
+        }
+        (Err(e), BodyKind::Json) => ApiError::from(e).into_response(),
+        (Err(e), BodyKind::Form) => pages::sign_in_failed(&kw, &value.username, value.next.as_deref(), ApiError::from(e)),
+    }
+}
+
+async fn current(State(kw): State<Keyward>, cs: CurrentSession) -> Json<SessionEnvelope> {
+    Json(SessionEnvelope::new(&kw, &cs.session))
+}
+
+async fn logout(State(kw): State<Keyward>, cs: CurrentSession) -> Result<Response, ApiError> {
+    kw.auth().logout(&cs.session.token_hash).await?;
+    Ok((StatusCode::NO_CONTENT, logged_out_headers(&kw)).into_response())
+}
+
+pub(crate) async fn session_list(kw: &Keyward, cs: &CurrentSession) -> Result<Vec<SessionListItem>, ApiError> {
+    let list = kw.auth().list_sessions(cs.session.user_id).await?;
+    Ok(list
+        .iter()
+        .map(|s| SessionListItem {
+            id: s.id.to_string(),
+            created_at: s.created_at,
+            last_seen_at: s.last_seen_at,
+            expires_at: kw.auth().valid_until(s),
+            ip: s.ip.clone(),
+            user_agent: s.user_agent.clone(),
+            current: s.id == cs.session.id,
+        })
+        .collect())
+}
+
+async fn list_sessions(State(kw): State<Keyward>, cs: CurrentSession) -> Result<Json<Vec<SessionListItem>>, ApiError> {
+    Ok(Json(session_list(&kw, &cs).await?))
+}
+
+async fn revoke_one(
+    State(kw): State<Keyward>,
+    cs: CurrentSession,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = SessionId::parse(&id).ok_or(ApiError::NotFound)?;
+    if !kw.auth().revoke_session(id, Some(cs.session.user_id)).await? {
+        return Err(ApiError::NotFound);
+    }
+    if id == cs.session.id {
+        return Ok((StatusCode::NO_CONTENT, logged_out_headers(&kw)).into_response());
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn revoke_others(State(kw): State<Keyward>, cs: CurrentSession) -> Result<StatusCode, ApiError> {
+    kw.auth().revoke_user_sessions(cs.session.user_id, Some(cs.session.id)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn change_password(
+    State(kw): State<Keyward>,
+    cs: CurrentSession,
+    addr: ClientAddr,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<PasswordChange>,
+) -> Result<Response, ApiError> {
+    let client = client_info(addr, &headers);
+    let new = kw
+        .auth()
+        .change_password(&cs.session, &Password::new(body.current_password), &Password::new(body.new_password), &client)
+        .await?;
+    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, set_session_cookie(&kw, &new.token))]).into_response())
+}
+
+#[derive(Serialize)]
+struct Me {
+    id: String,
+    username: String,
+}
+
+async fn me(cs: CurrentSession) -> Json<Me> {
+    Json(Me { id: cs.session.user_id.to_string(), username: cs.session.username })
+}
+
+async fn verify(cs: CurrentSession) -> Response {
+    let id = cs.session.user_id.to_string();
+    let mut res = Json(Me { id: id.clone(), username: cs.session.username.clone() }).into_response();
+    let h = res.headers_mut();
+    if let (Ok(id), Ok(name)) = (HeaderValue::from_str(&id), HeaderValue::from_str(&cs.session.username)) {
+        h.insert("x-keyward-user-id", id);
+        h.insert("x-keyward-username", name);
+    }
+    res
+}
+
+async fn readyz(State(kw): State<Keyward>) -> Response {
+    match kw.auth().ready().await {
+        Ok(()) => Json(serde_json::json!({"status": "ready"})).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready");
+            (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"status": "unavailable"}))).into_response()
+        }
+    }
+}
+
+const OPENAPI: &str = include_str!("../openapi.json");
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
