@@ -130,7 +130,9 @@ pub struct AuthService {
 
 impl std::fmt::Debug for AuthService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuthService").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("AuthService")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -148,7 +150,14 @@ impl AuthService {
         config: AuthConfig,
     ) -> Self {
         let throttle = LoginThrottle::new(clock.clone(), config.throttle);
-        Self { users, sessions, hasher, throttle, clock, config }
+        Self {
+            users,
+            sessions,
+            hasher,
+            throttle,
+            clock,
+            config,
+        }
     }
 
     /// The settings.
@@ -211,7 +220,9 @@ impl AuthService {
         password: &Password,
         client: &ClientInfo,
     ) -> AuthResult<NewSession> {
-        let user = self.check_credentials(username, password, client.ip).await?;
+        let user = self
+            .check_credentials(username, password, client.ip)
+            .await?;
         let session = self.open_session(&user, client).await?;
         Ok(session)
     }
@@ -232,18 +243,21 @@ impl AuthService {
         }
         if let Err(retry_after) = self.throttle.check(username, ip) {
             failure("throttled");
-            tracing::warn!(target: AUDIT, event = "login_throttled", username, ip = ?ip);
+            tracing::warn!(target: AUDIT, event = "login_throttled", username, ip = %show_ip(ip));
             return Err(AuthError::Throttled { retry_after });
         }
         let user = match Username::parse(username) {
             Ok(name) => self.users.user_by_name(name.as_str()).await?,
             Err(_) => None,
         };
-        let verified = self.hasher.verify(password, user.as_ref().map(|u| u.password_hash.as_str())).await?;
+        let verified = self
+            .hasher
+            .verify(password, user.as_ref().map(|u| u.password_hash.as_str()))
+            .await?;
         let Some(mut user) = user.filter(|u| verified.ok && !u.locked) else {
             self.throttle.record_failure(username, ip);
             failure("failed");
-            tracing::info!(target: AUDIT, event = "login_failed", username, ip = ?ip);
+            tracing::info!(target: AUDIT, event = "login_failed", username, ip = %show_ip(ip));
             return Err(AuthError::InvalidCredentials);
         };
         if verified.needs_rehash {
@@ -253,7 +267,9 @@ impl AuthService {
                         tracing::info!(target: AUDIT, event = "password_hash_upgraded", user_id = %user.id);
                         user.password_hash = phc;
                     }
-                    Err(e) => tracing::warn!(error = %e, "could not store the upgraded password hash"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not store the upgraded password hash")
+                    }
                 },
                 Err(e) => tracing::warn!(error = %e, "could not upgrade the password hash"),
             }
@@ -287,13 +303,16 @@ impl AuthService {
         }
         metrics::counter!("keyward_logins_total", "result" => "ok").increment(1);
         metrics::counter!("keyward_sessions_created_total").increment(1);
-        tracing::info!(target: AUDIT, event = "login_ok", user_id = %user.id, session_id = %session.id, ip = ?client.ip);
+        tracing::info!(target: AUDIT, event = "login_ok", user_id = %user.id, session_id = %session.id, ip = %show_ip(client.ip));
         Ok(NewSession { token, session })
     }
 
     /// The live session for a presented token, if any: one store read, plus a write at most
     /// once per touch interval to keep the idle timeout moving.
-    pub async fn authenticate(&self, token: &SessionToken) -> Result<Option<SessionRecord>, StoreError> {
+    pub async fn authenticate(
+        &self,
+        token: &SessionToken,
+    ) -> Result<Option<SessionRecord>, StoreError> {
         let hash = token.hash();
         let Some(mut session) = self.sessions.get(&hash).await? else {
             return Ok(None);
@@ -345,7 +364,11 @@ impl AuthService {
     }
 
     /// Revoke every session of a user but `keep`.
-    pub async fn revoke_user_sessions(&self, user: UserId, keep: Option<SessionId>) -> AuthResult<u64> {
+    pub async fn revoke_user_sessions(
+        &self,
+        user: UserId,
+        keep: Option<SessionId>,
+    ) -> AuthResult<u64> {
         let n = self.sessions.delete_for_user(user, keep).await?;
         metrics::counter!("keyward_sessions_revoked_total", "reason" => "revoked").increment(n);
         tracing::info!(target: AUDIT, event = "sessions_revoked", user_id = %user, count = n, kept = ?keep);
@@ -369,8 +392,15 @@ impl AuthService {
         if let Err(retry_after) = self.throttle.check(&session.username, client.ip) {
             return Err(AuthError::Throttled { retry_after });
         }
-        let user = self.users.user_by_id(session.user_id).await?.ok_or(AuthError::SessionGone)?;
-        let verified = self.hasher.verify(current, Some(&user.password_hash)).await?;
+        let user = self
+            .users
+            .user_by_id(session.user_id)
+            .await?
+            .ok_or(AuthError::SessionGone)?;
+        let verified = self
+            .hasher
+            .verify(current, Some(&user.password_hash))
+            .await?;
         if !verified.ok {
             self.throttle.record_failure(&session.username, client.ip);
             tracing::info!(target: AUDIT, event = "password_change_failed", user_id = %user.id);
@@ -378,7 +408,9 @@ impl AuthService {
         }
         let phc = self.hasher.hash(new).await?;
         self.users.set_password_hash(user.id, &phc).await?;
-        self.sessions.delete_for_user(user.id, Some(session.id)).await?;
+        self.sessions
+            .delete_for_user(user.id, Some(session.id))
+            .await?;
         let token = SessionToken::generate().map_err(AuthError::Random)?;
         let now = self.clock.now();
         let renewed = SessionRecord {
@@ -393,12 +425,18 @@ impl AuthService {
             return Err(AuthError::SessionGone);
         }
         tracing::info!(target: AUDIT, event = "password_changed", user_id = %user.id, session_id = %renewed.id);
-        Ok(NewSession { token, session: renewed })
+        Ok(NewSession {
+            token,
+            session: renewed,
+        })
     }
 
     /// Find a user by name or fail with [`AuthError::NoSuchUser`].
     pub async fn user_named(&self, username: &str) -> AuthResult<UserRecord> {
-        self.users.user_by_name(username).await?.ok_or(AuthError::NoSuchUser)
+        self.users
+            .user_by_name(username)
+            .await?
+            .ok_or(AuthError::NoSuchUser)
     }
 
     /// Lock or unlock a user. Locking revokes every session of the user.
@@ -427,7 +465,10 @@ impl AuthService {
     /// Remove expired sessions from the store.
     pub async fn purge_expired(&self) -> AuthResult<u64> {
         let now = self.clock.now();
-        Ok(self.sessions.purge_expired(now, now - self.config.idle_timeout).await?)
+        Ok(self
+            .sessions
+            .purge_expired(now, now - self.config.idle_timeout)
+            .await?)
     }
 
     /// Whether both stores answer.
@@ -444,4 +485,8 @@ impl AuthService {
 
 fn truncate_user_agent(ua: &str) -> String {
     ua.chars().take(USER_AGENT_MAX).collect()
+}
+
+fn show_ip(ip: Option<IpAddr>) -> String {
+    ip.map_or_else(|| "-".to_owned(), |i| i.to_string())
 }

@@ -50,7 +50,9 @@ pub struct ManualClock {
 impl ManualClock {
     /// A manual clock starting at `start`.
     pub fn new(start: OffsetDateTime) -> Self {
-        Self { unix_ms: AtomicI64::new(to_unix_ms(start)) }
+        Self {
+            unix_ms: AtomicI64::new(to_unix_ms(start)),
+        }
     }
 
     /// A manual clock starting at the current wall-clock time.

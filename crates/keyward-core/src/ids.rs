@@ -130,7 +130,10 @@ mod tests {
     fn usernames() {
         assert!(Username::parse("alice.b-c_d@e+f").is_ok());
         assert_eq!(Username::parse(""), Err(UsernameError::Empty));
-        assert_eq!(Username::parse(&"a".repeat(65)), Err(UsernameError::TooLong));
+        assert_eq!(
+            Username::parse(&"a".repeat(65)),
+            Err(UsernameError::TooLong)
+        );
         assert!(Username::parse(&"a".repeat(64)).is_ok());
         assert_eq!(Username::parse("a b"), Err(UsernameError::BadCharacter));
         assert_eq!(Username::parse("é"), Err(UsernameError::BadCharacter));

@@ -16,7 +16,10 @@ struct Inner {
 
 impl Inner {
     fn insert(&mut self, s: SessionRecord) {
-        self.by_user.entry(s.user_id).or_default().insert(s.token_hash);
+        self.by_user
+            .entry(s.user_id)
+            .or_default()
+            .insert(s.token_hash);
         self.by_hash.insert(s.token_hash, s);
     }
 
@@ -32,7 +35,10 @@ impl Inner {
     }
 
     fn user_hashes(&self, user: UserId) -> Vec<TokenHash> {
-        self.by_user.get(&user).map(|s| s.iter().copied().collect()).unwrap_or_default()
+        self.by_user
+            .get(&user)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -92,7 +98,9 @@ impl SessionStore for MemorySessionStore {
             Some(user) => inner.user_hashes(user),
             None => inner.by_hash.keys().copied().collect(),
         };
-        let found = candidates.into_iter().find(|h| inner.by_hash.get(h).is_some_and(|s| s.id == id));
+        let found = candidates
+            .into_iter()
+            .find(|h| inner.by_hash.get(h).is_some_and(|s| s.id == id));
         Ok(found.and_then(|h| inner.remove(&h)))
     }
 
@@ -110,7 +118,11 @@ impl SessionStore for MemorySessionStore {
 
     async fn list_for_user(&self, user: UserId) -> StoreResult<Vec<SessionRecord>> {
         let inner = self.lock();
-        Ok(inner.user_hashes(user).iter().filter_map(|h| inner.by_hash.get(h).cloned()).collect())
+        Ok(inner
+            .user_hashes(user)
+            .iter()
+            .filter_map(|h| inner.by_hash.get(h).cloned())
+            .collect())
     }
 
     async fn replace(&self, old: &TokenHash, new: &SessionRecord) -> StoreResult<bool> {

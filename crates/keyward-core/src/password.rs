@@ -123,7 +123,9 @@ pub struct PasswordHasher {
 
 impl std::fmt::Debug for PasswordHasher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PasswordHasher").field("params", &self.params).finish_non_exhaustive()
+        f.debug_struct("PasswordHasher")
+            .field("params", &self.params)
+            .finish_non_exhaustive()
     }
 }
 
@@ -140,14 +142,19 @@ impl PasswordHasher {
         getrandom::fill(&mut random).map_err(HashError::Random)?;
         let dummy_pw = base64_like(&random);
         let dummy = hash_blocking(&params, &dummy_pw)?;
-        Ok(Self { params, permits: Arc::new(Semaphore::new(n.max(1))), dummy: dummy.into() })
+        Ok(Self {
+            params,
+            permits: Arc::new(Semaphore::new(n.max(1))),
+            dummy: dummy.into(),
+        })
     }
 
     /// Hash a new password into an Argon2id PHC string.
     pub async fn hash(&self, password: &Password) -> Result<String, HashError> {
         let params = self.params.clone();
         let pw = password.clone();
-        self.run(move || hash_blocking(&params, pw.expose())).await?
+        self.run(move || hash_blocking(&params, pw.expose()))
+            .await?
     }
 
     /// Verify `password` against a stored PHC string, or against the dummy hash when there is
@@ -161,8 +168,13 @@ impl PasswordHasher {
         let phc: String = stored.map_or_else(|| self.dummy.to_string(), str::to_owned);
         let params = self.params.clone();
         let pw = password.clone();
-        let v = self.run(move || verify_blocking(&params, pw.expose(), &phc)).await?;
-        Ok(Verified { ok: v.ok && known, needs_rehash: v.needs_rehash && known })
+        let v = self
+            .run(move || verify_blocking(&params, pw.expose(), &phc))
+            .await?;
+        Ok(Verified {
+            ok: v.ok && known,
+            needs_rehash: v.needs_rehash && known,
+        })
     }
 
     async fn run<T: Send + 'static>(
@@ -199,9 +211,14 @@ fn hash_blocking(params: &Params, password: &str) -> Result<String, HashError> {
 fn verify_blocking(target: &Params, password: &str, phc: &str) -> Verified {
     let Ok(parsed) = PasswordHash::new(phc) else {
         // An unparseable stored hash never verifies.
-        return Verified { ok: false, needs_rehash: false };
+        return Verified {
+            ok: false,
+            needs_rehash: false,
+        };
     };
-    let ok = Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok();
+    let ok = Argon2::default()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_ok();
     let weaker = match Params::try_from(&parsed) {
         Ok(p) => {
             p.m_cost() < target.m_cost()
@@ -211,7 +228,10 @@ fn verify_blocking(target: &Params, password: &str, phc: &str) -> Verified {
         }
         Err(_) => true,
     };
-    Verified { ok, needs_rehash: weaker }
+    Verified {
+        ok,
+        needs_rehash: weaker,
+    }
 }
 
 /// Hash with explicit, possibly weaker parameters: for tests of the upgrade path only.
@@ -232,15 +252,33 @@ mod tests {
     #[test]
     fn policy() {
         assert_eq!(check_policy(&pw("short"), &[]), Err(PolicyError::TooShort));
-        assert_eq!(check_policy(&pw(&"ab".repeat(129)), &[]), Err(PolicyError::TooLong));
-        assert_eq!(check_policy(&pw("aaaaaaaaaa"), &[]), Err(PolicyError::OneCharacter));
+        assert_eq!(
+            check_policy(&pw(&"ab".repeat(129)), &[]),
+            Err(PolicyError::TooLong)
+        );
+        assert_eq!(
+            check_policy(&pw("aaaaaaaaaa"), &[]),
+            Err(PolicyError::OneCharacter)
+        );
         assert_eq!(check_policy(&pw("password"), &[]), Err(PolicyError::Common));
-        assert_eq!(check_policy(&pw("PassWord1"), &[]), Err(PolicyError::Common));
+        assert_eq!(
+            check_policy(&pw("PassWord1"), &[]),
+            Err(PolicyError::Common)
+        );
         assert_eq!(check_policy(&pw("12345678"), &[]), Err(PolicyError::Common));
-        assert_eq!(check_policy(&pw("qwertyuiop"), &[]), Err(PolicyError::Common));
-        assert_eq!(check_policy(&pw("alice.smith"), &["alice.smith"]), Err(PolicyError::Common));
+        assert_eq!(
+            check_policy(&pw("qwertyuiop"), &[]),
+            Err(PolicyError::Common)
+        );
+        assert_eq!(
+            check_policy(&pw("alice.smith"), &["alice.smith"]),
+            Err(PolicyError::Common)
+        );
         assert_eq!(check_policy(&pw("bench-password-1"), &[]), Ok(()));
-        assert_eq!(check_policy(&pw("correct horse battery staple"), &[]), Ok(()));
+        assert_eq!(
+            check_policy(&pw("correct horse battery staple"), &[]),
+            Ok(())
+        );
         // 256 characters is the limit, counted in characters, not bytes.
         assert_eq!(check_policy(&pw(&"é1".repeat(128)), &[]), Ok(()));
     }
@@ -251,12 +289,21 @@ mod tests {
         let phc = h.hash(&pw("correct horse")).await.unwrap();
         assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
         let v = h.verify(&pw("correct horse"), Some(&phc)).await.unwrap();
-        assert_eq!(v, Verified { ok: true, needs_rehash: false });
+        assert_eq!(
+            v,
+            Verified {
+                ok: true,
+                needs_rehash: false
+            }
+        );
         let v = h.verify(&pw("wrong horse"), Some(&phc)).await.unwrap();
         assert!(!v.ok);
         let v = h.verify(&pw("correct horse"), None).await.unwrap();
         assert!(!v.ok);
-        let v = h.verify(&pw("correct horse"), Some("not a phc")).await.unwrap();
+        let v = h
+            .verify(&pw("correct horse"), Some("not a phc"))
+            .await
+            .unwrap();
         assert!(!v.ok);
     }
 
@@ -265,6 +312,12 @@ mod tests {
         let h = PasswordHasher::new(Some(1)).unwrap();
         let weak = hash_with_params("correct horse", 8 * 1024, 1).unwrap();
         let v = h.verify(&pw("correct horse"), Some(&weak)).await.unwrap();
-        assert_eq!(v, Verified { ok: true, needs_rehash: true });
+        assert_eq!(
+            v,
+            Verified {
+                ok: true,
+                needs_rehash: true
+            }
+        );
     }
 }

@@ -27,7 +27,9 @@ impl SessionToken {
     /// Anything else (wrong length, other alphabet) can never match and is refused early.
     pub fn parse(raw: &str) -> Option<Self> {
         let ok = raw.len() == TOKEN_CHARS
-            && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         ok.then(|| Self(raw.to_owned()))
     }
 

@@ -22,7 +22,11 @@ pub struct ThrottleConfig {
 
 impl Default for ThrottleConfig {
     fn default() -> Self {
-        Self { per_account: 10, per_address: 100, window: Duration::minutes(15) }
+        Self {
+            per_account: 10,
+            per_address: 100,
+            window: Duration::minutes(15),
+        }
     }
 }
 
@@ -44,14 +48,20 @@ pub struct LoginThrottle {
 
 impl std::fmt::Debug for LoginThrottle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoginThrottle").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("LoginThrottle")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
 impl LoginThrottle {
     /// A throttle with these limits.
     pub fn new(clock: SharedClock, config: ThrottleConfig) -> Self {
-        Self { clock, config, failures: Mutex::new(HashMap::new()) }
+        Self {
+            clock,
+            config,
+            failures: Mutex::new(HashMap::new()),
+        }
     }
 
     fn limit(&self, key: &Key) -> usize {
@@ -62,8 +72,7 @@ impl LoginThrottle {
     }
 
     fn keys(account: &str, address: Option<IpAddr>) -> impl Iterator<Item = Key> {
-        std::iter::once(Key::Account(account.to_ascii_lowercase()))
-            .chain(address.map(Key::Address))
+        std::iter::once(Key::Account(account.to_ascii_lowercase())).chain(address.map(Key::Address))
     }
 
     /// `Err(retry_after)` when the account or the address is over its limit.
@@ -126,7 +135,11 @@ mod tests {
         let clock = Arc::new(ManualClock::starting_now());
         let t = LoginThrottle::new(
             clock.clone(),
-            ThrottleConfig { per_account: 3, per_address: 100, window: Duration::minutes(15) },
+            ThrottleConfig {
+                per_account: 3,
+                per_address: 100,
+                window: Duration::minutes(15),
+            },
         );
         for _ in 0..3 {
             assert!(t.check("Alice", None).is_ok());
@@ -146,7 +159,11 @@ mod tests {
         let clock = Arc::new(ManualClock::starting_now());
         let t = LoginThrottle::new(
             clock,
-            ThrottleConfig { per_account: 100, per_address: 2, window: Duration::minutes(15) },
+            ThrottleConfig {
+                per_account: 100,
+                per_address: 2,
+                window: Duration::minutes(15),
+            },
         );
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         t.record_failure("a", Some(ip));

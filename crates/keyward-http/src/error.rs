@@ -92,7 +92,10 @@ impl ApiError {
         match self {
             Self::Unauthorized => "a valid session cookie or bearer token is required".into(),
             Self::TooManyRequests { retry_after } => {
-                format!("too many failed attempts; retry in {} seconds", retry_seconds(*retry_after))
+                format!(
+                    "too many failed attempts; retry in {} seconds",
+                    retry_seconds(*retry_after)
+                )
             }
             Self::Unavailable => "a store is temporarily unavailable; retry shortly".into(),
             Self::Internal(_) => "the server failed to handle the request".into(),
@@ -122,13 +125,22 @@ impl IntoResponse for ApiError {
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut res = (status, body).into_response();
         let h = res.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         match &self {
             Self::Unauthorized | Self::InvalidCredentials => {
-                h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(WWW_AUTHENTICATE));
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(WWW_AUTHENTICATE),
+                );
             }
             Self::TooManyRequests { retry_after } => {
-                h.insert(header::RETRY_AFTER, HeaderValue::from(retry_seconds(*retry_after)));
+                h.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_seconds(*retry_after)),
+                );
             }
             Self::Unavailable => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
@@ -147,7 +159,9 @@ impl From<StoreError> for ApiError {
                 Self::Unavailable
             }
             StoreError::Conflict(what) => Self::Conflict(format!("conflict: {what}")),
-            StoreError::Corrupt(what) => Self::Internal(format!("store holds invalid data: {what}")),
+            StoreError::Corrupt(what) => {
+                Self::Internal(format!("store holds invalid data: {what}"))
+            }
         }
     }
 }

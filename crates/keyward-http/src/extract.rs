@@ -70,7 +70,9 @@ impl CurrentSession {
             }
             CookieToken::Present(raw) => raw,
         };
-        let Some(token) = SessionToken::parse(&raw) else { return Ok(None) };
+        let Some(token) = SessionToken::parse(&raw) else {
+            return Ok(None);
+        };
         let session = kw.auth().authenticate(&token).await?;
         Ok(session.map(|session| Self { session, token }))
     }
@@ -106,14 +108,20 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let kw = keyward_from(parts)?;
-        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
         Ok(Self(peer.map(|p| kw.resolve_client(p, &parts.headers))))
     }
 }
 
 /// The `User-Agent` header, if it is text.
 pub fn user_agent(headers: &HeaderMap) -> Option<String> {
-    headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 /// How a body arrived.
@@ -148,13 +156,15 @@ fn body_kind(headers: &HeaderMap) -> Option<BodyKind> {
 
 /// Read a whole body within the configured limit.
 pub(crate) async fn read_body(req: Request) -> Result<axum::body::Bytes, ApiError> {
-    axum::body::Bytes::from_request(req, &()).await.map_err(|e| {
-        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge
-        } else {
-            ApiError::BadRequest("the request body could not be read".into())
-        }
-    })
+    axum::body::Bytes::from_request(req, &())
+        .await
+        .map_err(|e| {
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::BadRequest("the request body could not be read".into())
+            }
+        })
 }
 
 /// Decode JSON, describing errors without echoing the values sent (they may be secrets).
@@ -181,7 +191,9 @@ pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 /// Decode an HTML form body.
 pub fn decode_form<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if std::str::from_utf8(bytes).is_err() {
-        return Err(ApiError::BadRequest("the form body is not valid UTF-8".into()));
+        return Err(ApiError::BadRequest(
+            "the form body is not valid UTF-8".into(),
+        ));
     }
     serde_urlencoded::from_bytes(bytes).map_err(|e| {
         let msg = e.to_string();
@@ -220,7 +232,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
         if body_kind(req.headers()) != Some(BodyKind::Json) {
-            return Err(ApiError::UnsupportedMediaType("send application/json".into()));
+            return Err(ApiError::UnsupportedMediaType(
+                "send application/json".into(),
+            ));
         }
         let bytes = read_body(req).await?;
         Ok(Self(decode_json(&bytes)?))
@@ -238,11 +252,23 @@ mod tests {
         h.append(header::COOKIE, HeaderValue::from_static("a=1; keyward=x"));
         assert!(matches!(session_cookie(&h, "keyward"), CookieToken::Present(v) if v == "x"));
         h.append(header::COOKIE, HeaderValue::from_static("keyward=y"));
-        assert!(matches!(session_cookie(&h, "keyward"), CookieToken::Duplicated));
+        assert!(matches!(
+            session_cookie(&h, "keyward"),
+            CookieToken::Duplicated
+        ));
         let mut h = HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("keyward=x; keyward=x"));
-        assert!(matches!(session_cookie(&h, "keyward"), CookieToken::Duplicated));
-        assert!(matches!(session_cookie(&HeaderMap::new(), "keyward"), CookieToken::Absent));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("keyward=x; keyward=x"),
+        );
+        assert!(matches!(
+            session_cookie(&h, "keyward"),
+            CookieToken::Duplicated
+        ));
+        assert!(matches!(
+            session_cookie(&HeaderMap::new(), "keyward"),
+            CookieToken::Absent
+        ));
     }
 
     #[test]
@@ -255,7 +281,12 @@ mod tests {
         let e = decode_json::<P>(br#"{"password": 98765432}"#).unwrap_err();
         assert!(!e.detail().contains("98765432"), "{}", e.detail());
         assert!(matches!(e, ApiError::Unprocessable(_)));
-        assert!(matches!(decode_json::<P>(b"{"), Err(ApiError::BadRequest(_))));
-        assert!(matches!(decode_json::<P>(b"{}"), Err(ApiError::Unprocessable(d)) if d.contains("missing field `password`")));
+        assert!(matches!(
+            decode_json::<P>(b"{"),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(
+            matches!(decode_json::<P>(b"{}"), Err(ApiError::Unprocessable(d)) if d.contains("missing field `password`"))
+        );
     }
 }

@@ -9,14 +9,21 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 fn is_unsafe(method: &Method) -> bool {
-    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE)
+    !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
 }
 
 fn has_bearer(headers: &HeaderMap) -> bool {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.len() > 7 && v.get(..7).is_some_and(|p| p.eq_ignore_ascii_case("bearer ")))
+        .is_some_and(|v| {
+            v.len() > 7
+                && v.get(..7)
+                    .is_some_and(|p| p.eq_ignore_ascii_case("bearer "))
+        })
 }
 
 fn is_form(headers: &HeaderMap) -> bool {
@@ -43,11 +50,17 @@ pub(crate) fn cross_site_refusal(
     }
     // Cookie-authenticated requests, and form posts (which browsers send cross-site without
     // asking: login CSRF), are the ones a browser can be tricked into sending.
-    let cookie = !matches!(session_cookie(headers, kw.cookie_name()), CookieToken::Absent);
+    let cookie = !matches!(
+        session_cookie(headers, kw.cookie_name()),
+        CookieToken::Absent
+    );
     if !cookie && !is_form(headers) {
         return None;
     }
-    if headers.get("sec-fetch-site").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site")) {
+    if headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"))
+    {
         return Some("cross-site request refused (Sec-Fetch-Site: cross-site)".into());
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
@@ -75,10 +88,17 @@ pub(crate) async fn cross_site(State(kw): State<Keyward>, req: Request, next: Ne
 pub(crate) async fn security_headers(req: Request, next: Next) -> Response {
     let mut res = next.run(req).await;
     let h = res.headers_mut();
-    h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(

@@ -40,7 +40,11 @@ pub struct HttpConfig {
 impl HttpConfig {
     /// Settings for this public URL, with no other allowed origin and no trusted proxy.
     pub fn new(public_url: Url) -> Self {
-        Self { public_url, allowed_origins: Vec::new(), trusted_proxies: Vec::new() }
+        Self {
+            public_url,
+            allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
+        }
     }
 }
 
@@ -59,7 +63,9 @@ pub struct Keyward {
 
 impl std::fmt::Debug for Keyward {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Keyward").field("config", &self.inner.config).finish_non_exhaustive()
+        f.debug_struct("Keyward")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -75,9 +81,19 @@ impl Keyward {
             .chain(config.allowed_origins.iter())
             .map(|u| u.origin().ascii_serialization())
             .collect();
-        let cookie_name =
-            if config.public_url.scheme() == "https" { SECURE_COOKIE_NAME } else { COOKIE_NAME };
-        Self { inner: Arc::new(Inner { auth, config, origins, cookie_name }) }
+        let cookie_name = if config.public_url.scheme() == "https" {
+            SECURE_COOKIE_NAME
+        } else {
+            COOKIE_NAME
+        };
+        Self {
+            inner: Arc::new(Inner {
+                auth,
+                config,
+                origins,
+                cookie_name,
+            }),
+        }
     }
 
     /// The service.
@@ -102,12 +118,21 @@ impl Keyward {
 
     /// Whether `origin` (an `Origin` header value) may send cookie-authenticated unsafe requests.
     pub fn origin_allowed(&self, origin: &str) -> bool {
-        self.inner.origins.iter().any(|o| o.eq_ignore_ascii_case(origin))
+        self.inner
+            .origins
+            .iter()
+            .any(|o| o.eq_ignore_ascii_case(origin))
     }
 
     /// The client address given the TCP peer and the request headers.
     pub fn resolve_client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
-        let trusted = |ip: &IpAddr| self.inner.config.trusted_proxies.iter().any(|n| n.contains(ip));
+        let trusted = |ip: &IpAddr| {
+            self.inner
+                .config
+                .trusted_proxies
+                .iter()
+                .any(|n| n.contains(ip))
+        };
         if !trusted(&peer) {
             return peer;
         }

@@ -12,8 +12,9 @@ use std::time::Instant;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
-const BUCKETS: &[f64] =
-    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
 
 /// Install the process-wide Prometheus recorder (once; later calls return the same handle).
 /// `None` when another recorder was installed first.
@@ -29,12 +30,27 @@ pub fn install() -> Option<PrometheusHandle> {
 }
 
 fn describe() {
-    metrics::describe_counter!("keyward_http_requests_total", "HTTP requests by route, method and status");
-    metrics::describe_histogram!("keyward_http_request_duration_seconds", "HTTP request latency by route and method");
-    metrics::describe_counter!("keyward_logins_total", "Login attempts by result (ok, failed, throttled)");
+    metrics::describe_counter!(
+        "keyward_http_requests_total",
+        "HTTP requests by route, method and status"
+    );
+    metrics::describe_histogram!(
+        "keyward_http_request_duration_seconds",
+        "HTTP request latency by route and method"
+    );
+    metrics::describe_counter!(
+        "keyward_logins_total",
+        "Login attempts by result (ok, failed, throttled)"
+    );
     metrics::describe_counter!("keyward_sessions_created_total", "Sessions created");
-    metrics::describe_counter!("keyward_sessions_revoked_total", "Sessions ended, by reason");
-    metrics::describe_counter!("keyward_store_errors_total", "Store operations that failed, by store");
+    metrics::describe_counter!(
+        "keyward_sessions_revoked_total",
+        "Sessions ended, by reason"
+    );
+    metrics::describe_counter!(
+        "keyward_store_errors_total",
+        "Store operations that failed, by store"
+    );
     // Present from the start so dashboards see zeros, not gaps.
     for result in ["ok", "failed", "throttled"] {
         metrics::counter!("keyward_logins_total", "result" => result).increment(0);

@@ -3,7 +3,9 @@
 
 use crate::error::{retry_seconds, ApiError};
 use crate::extract::{decode_form, read_body, ClientAddr, CurrentSession, MaybeSession};
-use crate::routes::{client_info, local_target, logged_out_headers, session_list, set_session_cookie, PasswordChange};
+use crate::routes::{
+    client_info, local_target, logged_out_headers, session_list, set_session_cookie, PasswordChange,
+};
 use crate::Keyward;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -31,7 +33,13 @@ pub(crate) fn routes() -> Router<Keyward> {
 const CSS: &str = include_str!("../assets/keyward.css");
 
 async fn css() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=3600")], CSS)
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        CSS,
+    )
 }
 
 fn layout(title: &str, signed_in: Option<&str>, body: Markup) -> Markup {
@@ -61,7 +69,12 @@ fn layout(title: &str, signed_in: Option<&str>, body: Markup) -> Markup {
 }
 
 fn page(status: StatusCode, markup: Markup) -> Response {
-    (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], markup.into_string()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        markup.into_string(),
+    )
+        .into_response()
 }
 
 fn alert(kind: &str, text: &str) -> Markup {
@@ -102,34 +115,65 @@ async fn sign_in_page(MaybeSession(cs): MaybeSession, Query(q): Query<SignInQuer
                 p { a.button href="/account" { "Go to your account" } }
             }
         };
-        return page(StatusCode::OK, layout("Signed in", Some(&cs.session.username), body));
+        return page(
+            StatusCode::OK,
+            layout("Signed in", Some(&cs.session.username), body),
+        );
     }
     let next = local_target(q.next.as_deref(), "/account");
     let message = if q.registered.is_some() {
-        Some(alert("ok", "Your account was created. Sign in to continue."))
+        Some(alert(
+            "ok",
+            "Your account was created. Sign in to continue.",
+        ))
     } else if q.signed_out.is_some() {
         Some(alert("ok", "You are signed out."))
     } else {
         None
     };
-    page(StatusCode::OK, layout("Sign in", None, sign_in_form("", &next, message)))
+    page(
+        StatusCode::OK,
+        layout("Sign in", None, sign_in_form("", &next, message)),
+    )
 }
 
 /// The sign-in page again after a failed form login, with the failure's status.
-pub(crate) fn sign_in_failed(_kw: &Keyward, username: &str, next: Option<&str>, err: ApiError) -> Response {
+pub(crate) fn sign_in_failed(
+    _kw: &Keyward,
+    username: &str,
+    next: Option<&str>,
+    err: ApiError,
+) -> Response {
     let status = err.status();
     let text = match &err {
         ApiError::InvalidCredentials => "Invalid username or password.".to_owned(),
         ApiError::TooManyRequests { retry_after } => {
-            format!("Too many failed attempts. Try again in {} seconds.", retry_seconds(*retry_after))
+            format!(
+                "Too many failed attempts. Try again in {} seconds.",
+                retry_seconds(*retry_after)
+            )
         }
         other => other.detail(),
     };
     let next = local_target(next, "/account");
-    let shown = if username.chars().count() <= 64 { username } else { "" };
-    let mut res = page(status, layout("Sign in", None, sign_in_form(shown, &next, Some(alert("error", &text)))));
+    let shown = if username.chars().count() <= 64 {
+        username
+    } else {
+        ""
+    };
+    let mut res = page(
+        status,
+        layout(
+            "Sign in",
+            None,
+            sign_in_form(shown, &next, Some(alert("error", &text))),
+        ),
+    );
     if let ApiError::TooManyRequests { retry_after } = err {
-        res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_seconds(retry_after)));
+        res.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(retry_seconds(retry_after)),
+        );
     }
     res
 }
@@ -158,27 +202,55 @@ fn register_form(kw: &Keyward, username: &str, message: Option<Markup>) -> Marku
 }
 
 async fn register_page(State(kw): State<Keyward>) -> Response {
-    page(StatusCode::OK, layout("Register", None, register_form(&kw, "", None)))
+    page(
+        StatusCode::OK,
+        layout("Register", None, register_form(&kw, "", None)),
+    )
 }
 
 /// The register page again after a failed form registration.
 pub(crate) fn register_failed(kw: &Keyward, username: &str, err: ApiError) -> Response {
-    let shown = if username.chars().count() <= 64 { username } else { "" };
-    page(err.status(), layout("Register", None, register_form(kw, shown, Some(alert("error", &err.detail())))))
+    let shown = if username.chars().count() <= 64 {
+        username
+    } else {
+        ""
+    };
+    page(
+        err.status(),
+        layout(
+            "Register",
+            None,
+            register_form(kw, shown, Some(alert("error", &err.detail()))),
+        ),
+    )
 }
 
 fn fmt_time(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
-async fn account_page(State(kw): State<Keyward>, MaybeSession(cs): MaybeSession) -> Result<Response, ApiError> {
+/// `2026-11-23 18:58 UTC`: for people; the `datetime` attribute keeps RFC 3339.
+fn human_time(t: OffsetDateTime) -> String {
+    let f = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
+    t.format(&f).unwrap_or_default()
+}
+
+async fn account_page(
+    State(kw): State<Keyward>,
+    MaybeSession(cs): MaybeSession,
+) -> Result<Response, ApiError> {
     let Some(cs) = cs else {
         return Ok(Redirect::to("/?next=/account").into_response());
     };
     render_account(&kw, &cs, None, StatusCode::OK).await
 }
 
-async fn render_account(kw: &Keyward, cs: &CurrentSession, message: Option<Markup>, status: StatusCode) -> Result<Response, ApiError> {
+async fn render_account(
+    kw: &Keyward,
+    cs: &CurrentSession,
+    message: Option<Markup>,
+    status: StatusCode,
+) -> Result<Response, ApiError> {
     let sessions = session_list(kw, cs).await?;
     let body = html! {
         section.card.wide {
@@ -194,14 +266,14 @@ async fn render_account(kw: &Keyward, cs: &CurrentSession, message: Option<Marku
                         tr.current[s.current] {
                             td { (s.user_agent.as_deref().unwrap_or("Unknown device")) @if s.current { " " span.badge { "this device" } } }
                             td { (s.ip.as_deref().unwrap_or("—")) }
-                            td { time datetime=(fmt_time(s.created_at)) { (fmt_time(s.created_at)) } }
-                            td { time datetime=(fmt_time(s.last_seen_at)) { (fmt_time(s.last_seen_at)) } }
+                            td { time datetime=(fmt_time(s.created_at)) { (human_time(s.created_at)) } }
+                            td { time datetime=(fmt_time(s.last_seen_at)) { (human_time(s.last_seen_at)) } }
                             td {
                                 @if s.current {
                                     form method="post" action="/account/sign-out" { button.secondary type="submit" { "Sign out" } }
                                 } @else {
                                     form method="post" action=(format!("/account/sessions/{}/revoke", s.id)) {
-                                        button.danger type="submit" aria-label=(format!("Revoke session started {}", fmt_time(s.created_at))) { "Revoke" }
+                                        button.danger type="submit" aria-label=(format!("Revoke session started {}", human_time(s.created_at))) { "Revoke" }
                                     }
                                 }
                             }
@@ -223,7 +295,10 @@ async fn render_account(kw: &Keyward, cs: &CurrentSession, message: Option<Marku
             }
         }
     };
-    Ok(page(status, layout("Account", Some(&cs.session.username), body)))
+    Ok(page(
+        status,
+        layout("Account", Some(&cs.session.username), body),
+    ))
 }
 
 /// Pages answer a missing session by sending the browser to sign in.
@@ -231,28 +306,56 @@ fn to_sign_in() -> Response {
     Redirect::to("/?next=/account").into_response()
 }
 
-async fn revoke_one(State(kw): State<Keyward>, MaybeSession(cs): MaybeSession, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let Some(cs) = cs else { return Ok(to_sign_in()) };
+async fn revoke_one(
+    State(kw): State<Keyward>,
+    MaybeSession(cs): MaybeSession,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let Some(cs) = cs else {
+        return Ok(to_sign_in());
+    };
     if let Some(id) = SessionId::parse(&id) {
-        kw.auth().revoke_session(id, Some(cs.session.user_id)).await?;
+        kw.auth()
+            .revoke_session(id, Some(cs.session.user_id))
+            .await?;
         if id == cs.session.id {
-            return Ok((StatusCode::SEE_OTHER, logged_out_headers(&kw), [(header::LOCATION, "/?signed_out=1")]).into_response());
+            return Ok((
+                StatusCode::SEE_OTHER,
+                logged_out_headers(&kw),
+                [(header::LOCATION, "/?signed_out=1")],
+            )
+                .into_response());
         }
     }
     Ok(Redirect::to("/account").into_response())
 }
 
-async fn revoke_others(State(kw): State<Keyward>, MaybeSession(cs): MaybeSession) -> Result<Response, ApiError> {
-    let Some(cs) = cs else { return Ok(to_sign_in()) };
-    kw.auth().revoke_user_sessions(cs.session.user_id, Some(cs.session.id)).await?;
+async fn revoke_others(
+    State(kw): State<Keyward>,
+    MaybeSession(cs): MaybeSession,
+) -> Result<Response, ApiError> {
+    let Some(cs) = cs else {
+        return Ok(to_sign_in());
+    };
+    kw.auth()
+        .revoke_user_sessions(cs.session.user_id, Some(cs.session.id))
+        .await?;
     Ok(Redirect::to("/account").into_response())
 }
 
-async fn sign_out(State(kw): State<Keyward>, MaybeSession(cs): MaybeSession) -> Result<Response, ApiError> {
+async fn sign_out(
+    State(kw): State<Keyward>,
+    MaybeSession(cs): MaybeSession,
+) -> Result<Response, ApiError> {
     if let Some(cs) = cs {
         kw.auth().logout(&cs.session.token_hash).await?;
     }
-    Ok((StatusCode::SEE_OTHER, logged_out_headers(&kw), [(header::LOCATION, "/?signed_out=1")]).into_response())
+    Ok((
+        StatusCode::SEE_OTHER,
+        logged_out_headers(&kw),
+        [(header::LOCATION, "/?signed_out=1")],
+    )
+        .into_response())
 }
 
 async fn change_password(
@@ -262,18 +365,35 @@ async fn change_password(
     headers: HeaderMap,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let Some(cs) = cs else { return Ok(to_sign_in()) };
+    let Some(cs) = cs else {
+        return Ok(to_sign_in());
+    };
     let form: PasswordChange = decode_form(&read_body(req).await?)?;
     let client = client_info(addr, &headers);
     match kw
         .auth()
-        .change_password(&cs.session, &Password::new(form.current_password), &Password::new(form.new_password), &client)
+        .change_password(
+            &cs.session,
+            &Password::new(form.current_password),
+            &Password::new(form.new_password),
+            &client,
+        )
         .await
     {
-        Ok(new) => Ok((StatusCode::SEE_OTHER, [(header::SET_COOKIE, set_session_cookie(&kw, &new.token)), (header::LOCATION, HeaderValue::from_static("/account"))]).into_response()),
+        Ok(new) => Ok((
+            StatusCode::SEE_OTHER,
+            [
+                (header::SET_COOKIE, set_session_cookie(&kw, &new.token)),
+                (header::LOCATION, HeaderValue::from_static("/account")),
+            ],
+        )
+            .into_response()),
         Err(e) => {
             let e = ApiError::from(e);
-            if matches!(e, ApiError::Unavailable | ApiError::Internal(_) | ApiError::Unauthorized) {
+            if matches!(
+                e,
+                ApiError::Unavailable | ApiError::Internal(_) | ApiError::Unauthorized
+            ) {
                 return Err(e);
             }
             render_account(&kw, &cs, Some(alert("error", &e.detail())), e.status()).await

@@ -22,12 +22,18 @@ pub(crate) fn router(kw: &Keyward) -> Router {
     Router::new()
         .route("/v1/users", post(create_user))
         .route("/v1/users/me/password", put(change_password))
-        .route("/v1/sessions", post(login).get(list_sessions).delete(revoke_others))
+        .route(
+            "/v1/sessions",
+            post(login).get(list_sessions).delete(revoke_others),
+        )
         .route("/v1/sessions/current", get(current).delete(logout))
         .route("/v1/sessions/{id}", axum::routing::delete(revoke_one))
         .route("/v1/me", get(me))
         .route("/v1/verify", any(verify))
-        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
         .route("/readyz", get(readyz))
         .route(
             "/metrics",
@@ -40,7 +46,10 @@ pub(crate) fn router(kw: &Keyward) -> Router {
         .merge(pages::routes())
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(middleware::from_fn_with_state(kw.clone(), guard::cross_site))
+        .layer(middleware::from_fn_with_state(
+            kw.clone(),
+            guard::cross_site,
+        ))
         .layer(middleware::from_fn(kw_metrics::track))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(guard::security_headers))
@@ -61,7 +70,11 @@ pub(crate) struct UserView {
 
 impl From<&UserRecord> for UserView {
     fn from(u: &UserRecord) -> Self {
-        Self { id: u.id.to_string(), username: u.username.clone(), created_at: u.created_at }
+        Self {
+            id: u.id.to_string(),
+            username: u.username.clone(),
+            created_at: u.created_at,
+        }
     }
 }
 
@@ -89,7 +102,10 @@ pub(crate) struct SessionEnvelope {
 impl SessionEnvelope {
     fn new(kw: &Keyward, s: &SessionRecord) -> Self {
         Self {
-            user: UserRef { id: s.user_id.to_string(), username: s.username.clone() },
+            user: UserRef {
+                id: s.user_id.to_string(),
+                username: s.username.clone(),
+            },
             session: SessionView {
                 id: s.id.to_string(),
                 created_at: s.created_at,
@@ -167,14 +183,24 @@ pub(crate) fn logged_out_headers(kw: &Keyward) -> [(HeaderName, HeaderValue); 2]
 }
 
 pub(crate) fn client_info(ClientAddr(ip): ClientAddr, headers: &HeaderMap) -> ClientInfo {
-    ClientInfo { ip, user_agent: user_agent(headers) }
+    ClientInfo {
+        ip,
+        user_agent: user_agent(headers),
+    }
 }
 
 /// A local path to go to after a form post: the `next` field when it is a path on this site,
 /// else `fallback`.
 pub(crate) fn local_target(next: Option<&str>, fallback: &str) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') && !n.chars().any(char::is_control) => n.to_owned(),
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n.contains('\\')
+                && !n.chars().any(char::is_control) =>
+        {
+            n.to_owned()
+        }
         _ => fallback.to_owned(),
     }
 }
@@ -185,9 +211,14 @@ async fn create_user(
     State(kw): State<Keyward>,
     Input { value, kind }: Input<Credentials>,
 ) -> Response {
-    let result = kw.auth().register(&value.username, &Password::new(value.password)).await;
+    let result = kw
+        .auth()
+        .register(&value.username, &Password::new(value.password))
+        .await;
     match (result, kind) {
-        (Ok(user), BodyKind::Json) => (StatusCode::CREATED, Json(UserView::from(&user))).into_response(),
+        (Ok(user), BodyKind::Json) => {
+            (StatusCode::CREATED, Json(UserView::from(&user))).into_response()
+        }
         (Ok(_), BodyKind::Form) => Redirect::to("/?registered=1").into_response(),
         (Err(e), BodyKind::Json) => ApiError::from(e).into_response(),
         (Err(e), BodyKind::Form) => pages::register_failed(&kw, &value.username, ApiError::from(e)),
@@ -210,19 +241,34 @@ async fn login(
     Input { value, kind }: Input<Credentials>,
 ) -> Response {
     let client = client_info(addr, &headers);
-    let result = kw.auth().login(&value.username, &Password::new(value.password), &client).await;
+    let result = kw
+        .auth()
+        .login(&value.username, &Password::new(value.password), &client)
+        .await;
     match (result, kind) {
         (Ok(new), BodyKind::Json) => session_created(&kw, &new, StatusCode::CREATED),
         (Ok(new), BodyKind::Form) => {
             let to = local_target(value.next.as_deref(), "/account");
             (
                 StatusCode::SEE_OTHER,
-                [(header::SET_COOKIE, set_session_cookie(&kw, &new.token)), (header::LOCATION, HeaderValue::from_str(&to).unwrap_or_else(|_| HeaderValue::from_static("/account")))],
+                [
+                    (header::SET_COOKIE, set_session_cookie(&kw, &new.token)),
+                    (
+                        header::LOCATION,
+                        HeaderValue::from_str(&to)
+                            .unwrap_or_else(|_| HeaderValue::from_static("/account")),
+                    ),
+                ],
             )
                 .into_response()
         }
         (Err(e), BodyKind::Json) => ApiError::from(e).into_response(),
-        (Err(e), BodyKind::Form) => pages::sign_in_failed(&kw, &value.username, value.next.as_deref(), ApiError::from(e)),
+        (Err(e), BodyKind::Form) => pages::sign_in_failed(
+            &kw,
+            &value.username,
+            value.next.as_deref(),
+            ApiError::from(e),
+        ),
     }
 }
 
@@ -235,7 +281,10 @@ async fn logout(State(kw): State<Keyward>, cs: CurrentSession) -> Result<Respons
     Ok((StatusCode::NO_CONTENT, logged_out_headers(&kw)).into_response())
 }
 
-pub(crate) async fn session_list(kw: &Keyward, cs: &CurrentSession) -> Result<Vec<SessionListItem>, ApiError> {
+pub(crate) async fn session_list(
+    kw: &Keyward,
+    cs: &CurrentSession,
+) -> Result<Vec<SessionListItem>, ApiError> {
     let list = kw.auth().list_sessions(cs.session.user_id).await?;
     Ok(list
         .iter()
@@ -251,7 +300,10 @@ pub(crate) async fn session_list(kw: &Keyward, cs: &CurrentSession) -> Result<Ve
         .collect())
 }
 
-async fn list_sessions(State(kw): State<Keyward>, cs: CurrentSession) -> Result<Json<Vec<SessionListItem>>, ApiError> {
+async fn list_sessions(
+    State(kw): State<Keyward>,
+    cs: CurrentSession,
+) -> Result<Json<Vec<SessionListItem>>, ApiError> {
     Ok(Json(session_list(&kw, &cs).await?))
 }
 
@@ -261,7 +313,11 @@ async fn revoke_one(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = SessionId::parse(&id).ok_or(ApiError::NotFound)?;
-    if !kw.auth().revoke_session(id, Some(cs.session.user_id)).await? {
+    if !kw
+        .auth()
+        .revoke_session(id, Some(cs.session.user_id))
+        .await?
+    {
         return Err(ApiError::NotFound);
     }
     if id == cs.session.id {
@@ -270,8 +326,13 @@ async fn revoke_one(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn revoke_others(State(kw): State<Keyward>, cs: CurrentSession) -> Result<StatusCode, ApiError> {
-    kw.auth().revoke_user_sessions(cs.session.user_id, Some(cs.session.id)).await?;
+async fn revoke_others(
+    State(kw): State<Keyward>,
+    cs: CurrentSession,
+) -> Result<StatusCode, ApiError> {
+    kw.auth()
+        .revoke_user_sessions(cs.session.user_id, Some(cs.session.id))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -285,9 +346,18 @@ async fn change_password(
     let client = client_info(addr, &headers);
     let new = kw
         .auth()
-        .change_password(&cs.session, &Password::new(body.current_password), &Password::new(body.new_password), &client)
+        .change_password(
+            &cs.session,
+            &Password::new(body.current_password),
+            &Password::new(body.new_password),
+            &client,
+        )
         .await?;
-    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, set_session_cookie(&kw, &new.token))]).into_response())
+    Ok((
+        StatusCode::NO_CONTENT,
+        [(header::SET_COOKIE, set_session_cookie(&kw, &new.token))],
+    )
+        .into_response())
 }
 
 #[derive(Serialize)]
@@ -297,14 +367,24 @@ struct Me {
 }
 
 async fn me(cs: CurrentSession) -> Json<Me> {
-    Json(Me { id: cs.session.user_id.to_string(), username: cs.session.username })
+    Json(Me {
+        id: cs.session.user_id.to_string(),
+        username: cs.session.username,
+    })
 }
 
 async fn verify(cs: CurrentSession) -> Response {
     let id = cs.session.user_id.to_string();
-    let mut res = Json(Me { id: id.clone(), username: cs.session.username.clone() }).into_response();
+    let mut res = Json(Me {
+        id: id.clone(),
+        username: cs.session.username.clone(),
+    })
+    .into_response();
     let h = res.headers_mut();
-    if let (Ok(id), Ok(name)) = (HeaderValue::from_str(&id), HeaderValue::from_str(&cs.session.username)) {
+    if let (Ok(id), Ok(name)) = (
+        HeaderValue::from_str(&id),
+        HeaderValue::from_str(&cs.session.username),
+    ) {
         h.insert("x-keyward-user-id", id);
         h.insert("x-keyward-username", name);
     }
@@ -316,7 +396,11 @@ async fn readyz(State(kw): State<Keyward>) -> Response {
         Ok(()) => Json(serde_json::json!({"status": "ready"})).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "not ready");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"status": "unavailable"}))).into_response()
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({"status": "unavailable"})),
+            )
+                .into_response()
         }
     }
 }

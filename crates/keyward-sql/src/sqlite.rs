@@ -4,8 +4,8 @@ use crate::{store_error, OpenError};
 use async_trait::async_trait;
 use keyward_core::clock::{from_unix_ms, to_unix_ms};
 use keyward_core::{
-    SessionId, SessionRecord, SessionStore, StoreError, StoreResult, TokenHash, UserId,
-    UserRecord, UserStore,
+    SessionId, SessionRecord, SessionStore, StoreError, StoreResult, TokenHash, UserId, UserRecord,
+    UserStore,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -34,15 +34,27 @@ impl SqliteStore {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(OpenError::Url)?
             .create_if_missing(true)
-            .journal_mode(if memory { SqliteJournalMode::Memory } else { SqliteJournalMode::Wal })
+            .journal_mode(if memory {
+                SqliteJournalMode::Memory
+            } else {
+                SqliteJournalMode::Wal
+            })
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             // An in-memory database exists per connection: keep exactly one.
             .max_connections(if memory { 1 } else { 4 })
             .min_connections(if memory { 1 } else { 0 })
-            .idle_timeout(if memory { None } else { Some(Duration::from_secs(600)) })
-            .max_lifetime(if memory { None } else { Some(Duration::from_secs(3600)) })
+            .idle_timeout(if memory {
+                None
+            } else {
+                Some(Duration::from_secs(600))
+            })
+            .max_lifetime(if memory {
+                None
+            } else {
+                Some(Duration::from_secs(3600))
+            })
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await
@@ -59,7 +71,10 @@ impl SqliteStore {
 
     /// Apply pending migrations.
     pub async fn migrate(&self) -> Result<(), OpenError> {
-        sqlx::migrate!("./migrations/sqlite").run(&self.pool).await.map_err(OpenError::Migrate)
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&self.pool)
+            .await
+            .map_err(OpenError::Migrate)
     }
 
     /// Close the pool.
@@ -121,15 +136,19 @@ where
 #[async_trait]
 impl SessionStore for SqliteStore {
     async fn create(&self, session: &SessionRecord) -> StoreResult<()> {
-        insert_session(&self.pool, session).await.map_err(store_error)
+        insert_session(&self.pool, session)
+            .await
+            .map_err(store_error)
     }
 
     async fn get(&self, token_hash: &TokenHash) -> StoreResult<Option<SessionRecord>> {
-        let row = sqlx::query(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE token_hash = ?"))
-            .bind(token_hash.as_bytes().as_slice())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(store_error)?;
+        let row = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE token_hash = ?"
+        ))
+        .bind(token_hash.as_bytes().as_slice())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_error)?;
         row.as_ref().map(session_from_row).transpose()
     }
 
@@ -183,11 +202,13 @@ impl SessionStore for SqliteStore {
     }
 
     async fn list_for_user(&self, user: UserId) -> StoreResult<Vec<SessionRecord>> {
-        let rows = sqlx::query(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = ?"))
-            .bind(user.to_string())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(store_error)?;
+        let rows = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = ?"
+        ))
+        .bind(user.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
         rows.iter().map(session_from_row).collect()
     }
 
@@ -222,7 +243,10 @@ impl SessionStore for SqliteStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(store_error)?;
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
         Ok(())
     }
 }
@@ -247,11 +271,13 @@ impl UserStore for SqliteStore {
     }
 
     async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>> {
-        let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE username_key = ?"))
-            .bind(username.to_ascii_lowercase())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(store_error)?;
+        let row = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE username_key = ?"
+        ))
+        .bind(username.to_ascii_lowercase())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_error)?;
         row.as_ref().map(user_from_row).transpose()
     }
 
@@ -294,10 +320,12 @@ impl UserStore for SqliteStore {
     }
 
     async fn list_users(&self) -> StoreResult<Vec<UserRecord>> {
-        let rows = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY username_key"))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(store_error)?;
+        let rows = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users ORDER BY username_key"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
         rows.iter().map(user_from_row).collect()
     }
 

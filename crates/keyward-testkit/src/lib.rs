@@ -1,1 +1,247 @@
-//! placeholder
+//! keyward's test kit: the store conformance suite, `spawn_app` (a real server on a free
+//! loopback port with a controllable clock), an HTTP client that behaves like a plain API
+//! client, and helpers to run the `keyward` binary.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+#![allow(missing_docs)]
+
+pub mod conformance;
+
+use keyward_core::{
+    AuthConfig, AuthService, DynSessionStore, DynUserStore, ManualClock, MemorySessionStore,
+    PasswordHasher, SessionStore, UserStore,
+};
+use keyward_http::{HttpConfig, Keyward};
+use keyward_sql::SqliteStore;
+use reqwest::header::{HeaderMap, SET_COOKIE};
+use reqwest::{Client, Response};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tempfile::TempDir;
+
+pub use conformance::Fixture;
+
+/// A fresh SQLite file store in a temp dir, for the conformance suite.
+pub async fn sqlite_fixture() -> Fixture<SqliteStore> {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("kw.db").display());
+    let store = SqliteStore::open(&url).await.unwrap();
+    Fixture {
+        store: Arc::new(store),
+        keep: vec![Box::new(dir)],
+    }
+}
+
+/// SQLite as a session store.
+pub async fn sqlite_sessions() -> Fixture<dyn SessionStore> {
+    let f = sqlite_fixture().await;
+    Fixture {
+        store: f.store,
+        keep: f.keep,
+    }
+}
+
+/// SQLite as a user store.
+pub async fn sqlite_users() -> Fixture<dyn UserStore> {
+    let f = sqlite_fixture().await;
+    Fixture {
+        store: f.store,
+        keep: f.keep,
+    }
+}
+
+/// The in-memory session store.
+pub async fn memory_sessions() -> Fixture<dyn SessionStore> {
+    Fixture {
+        store: Arc::new(MemorySessionStore::new()),
+        keep: vec![],
+    }
+}
+
+/// Where the app under test keeps sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionBackend {
+    /// In the SQLite database with the users.
+    Sqlite,
+    /// In memory.
+    Memory,
+}
+
+/// How to build the app under test.
+#[derive(Debug, Clone)]
+pub struct AppOptions {
+    pub auth: AuthConfig,
+    pub sessions: SessionBackend,
+    /// `None`: `http://127.0.0.1:<port>`.
+    pub public_url: Option<String>,
+    pub allowed_origins: Vec<String>,
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            auth: AuthConfig::default(),
+            sessions: SessionBackend::Sqlite,
+            public_url: None,
+            allowed_origins: vec![],
+            trusted_proxies: vec![],
+        }
+    }
+}
+
+/// A running keyward on a free loopback port.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub clock: Arc<ManualClock>,
+    pub keyward: Keyward,
+    pub users: DynUserStore,
+    pub sessions: DynSessionStore,
+    pub client: Client,
+    server: tokio::task::JoinHandle<()>,
+    _dir: TempDir,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// Spawn keyward with default settings.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(AppOptions::default()).await
+}
+
+/// Spawn keyward with these options.
+pub async fn spawn_app_with(opts: AppOptions) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(
+        SqliteStore::open(&format!(
+            "sqlite://{}",
+            dir.path().join("keyward.db").display()
+        ))
+        .await
+        .unwrap(),
+    );
+    let sessions: DynSessionStore = match opts.sessions {
+        SessionBackend::Sqlite => db.clone(),
+        SessionBackend::Memory => Arc::new(MemorySessionStore::new()),
+    };
+    let users: DynUserStore = db;
+    let clock = Arc::new(ManualClock::starting_now());
+    let auth = AuthService::new(
+        users.clone(),
+        sessions.clone(),
+        PasswordHasher::new(None).unwrap(),
+        clock.clone(),
+        opts.auth,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let public = opts.public_url.unwrap_or_else(|| format!("http://{addr}"));
+    let http = HttpConfig {
+        public_url: public.parse().unwrap(),
+        allowed_origins: opts
+            .allowed_origins
+            .iter()
+            .map(|o| o.parse().unwrap())
+            .collect(),
+        trusted_proxies: opts
+            .trusted_proxies
+            .iter()
+            .map(|p| p.parse().unwrap())
+            .collect(),
+    };
+    let keyward = Keyward::new(auth, http);
+    let app = keyward
+        .router()
+        .into_make_service_with_connect_info::<SocketAddr>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    TestApp {
+        addr,
+        clock,
+        keyward,
+        users,
+        sessions,
+        client: client(),
+        server,
+        _dir: dir,
+    }
+}
+
+/// An HTTP client like a plain API client: no cookie jar, no redirects followed.
+pub fn client() -> Client {
+    Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// `name=value` of the first `Set-Cookie` named `name`.
+pub fn cookie_pair(headers: &HeaderMap, name: &str) -> Option<String> {
+    set_cookie(headers, name).map(|c| c.split(';').next().unwrap().trim().to_owned())
+}
+
+/// The whole first `Set-Cookie` header for `name`.
+pub fn set_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(str::to_owned)
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn register(&self, username: &str, password: &str) -> Response {
+        self.client
+            .post(self.url("/v1/users"))
+            .json(&serde_json::json!({"username": username, "password": password}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> Response {
+        self.client
+            .post(self.url("/v1/sessions"))
+            .json(&serde_json::json!({"username": username, "password": password}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Register and log in; returns the `keyward=…` cookie pair.
+    pub async fn signed_in(&self, username: &str, password: &str) -> String {
+        assert_eq!(self.register(username, password).await.status(), 201);
+        self.login_cookie(username, password).await
+    }
+
+    /// Log in; returns the `keyward=…` cookie pair.
+    pub async fn login_cookie(&self, username: &str, password: &str) -> String {
+        let res = self.login(username, password).await;
+        assert_eq!(res.status(), 201);
+        cookie_pair(res.headers(), "keyward").expect("a session cookie")
+    }
+
+    /// GET with a cookie header.
+    pub async fn get_with(&self, path: &str, cookie: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap()
+    }
+}

@@ -1,1 +1,105 @@
-fn main() {}
+//! The `keyward` binary: `keyward serve` and the admin commands. Configuration, start-up,
+//! telemetry and the CLI live here; everything else is in the library crates.
+
+mod admin;
+mod config;
+mod serve;
+mod stores;
+
+use clap::{Parser, Subcommand};
+use config::{ConfigError, Settings, SettingsArgs};
+use std::process::ExitCode;
+
+/// keyward: session and token authentication server.
+#[derive(Debug, Parser)]
+#[command(name = "keyward", version, about, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    settings: SettingsArgs,
+    /// Print machine-readable JSON instead of a table (admin commands).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (SQLite at ./keyward.db and 127.0.0.1:8080 unless told otherwise).
+    Serve,
+    /// Manage users.
+    #[command(subcommand)]
+    Users(admin::UsersCommand),
+    /// Inspect and revoke sessions.
+    #[command(subcommand)]
+    Sessions(admin::SessionsCommand),
+    /// Create or update the database schema, then exit.
+    Migrate,
+}
+
+/// Start-up failures and how the process exits on them.
+#[derive(Debug)]
+enum Failure {
+    /// A setting cannot be used: exit code 2.
+    Config(ConfigError),
+    /// Anything else: exit code 1.
+    Other(anyhow::Error),
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Self::Config(e)
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        match e.downcast::<ConfigError>() {
+            Ok(c) => Self::Config(c),
+            Err(e) => Self::Other(e),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let result = Settings::resolve(&cli.settings)
+        .map_err(Failure::from)
+        .and_then(|settings| {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Failure::Other(e.into()))?;
+            runtime.block_on(run(cli.command, settings, cli.json))
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Other(e)) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(command: Command, settings: Settings, json: bool) -> Result<(), Failure> {
+    match command {
+        Command::Serve => serve::serve(settings).await?,
+        Command::Migrate => {
+            stores::open(&settings).await?;
+            println!("database {} is up to date", settings.database);
+        }
+        Command::Users(cmd) => admin::users(cmd, &settings, json).await?,
+        Command::Sessions(cmd) => admin::sessions(cmd, &settings, json).await?,
+    }
+    Ok(())
+}

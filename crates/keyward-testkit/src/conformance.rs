@@ -1,0 +1,348 @@
+//! The store conformance suite: every backend must pass every check here.
+//!
+//! Run it for a backend with [`session_store_conformance!`](crate::session_store_conformance)
+//! and [`user_store_conformance!`](crate::user_store_conformance), giving an async factory that
+//! returns a fresh, empty [`Fixture`].
+
+use keyward_core::clock::from_unix_ms;
+use keyward_core::{
+    SessionId, SessionRecord, SessionStore, SessionToken, StoreError, UserId, UserRecord, UserStore,
+};
+use std::any::Any;
+use std::sync::Arc;
+use time::{Duration, OffsetDateTime};
+
+/// A fresh store and whatever must live as long as it (a temp dir, a server process).
+pub struct Fixture<S: ?Sized> {
+    /// The store under test.
+    pub store: Arc<S>,
+    /// Kept alive for the test's duration.
+    pub keep: Vec<Box<dyn Any + Send + Sync>>,
+}
+
+fn t0() -> OffsetDateTime {
+    from_unix_ms(1_800_000_000_000)
+}
+
+/// A session record for `user`, created at `at`.
+pub fn session(user: UserId, at: OffsetDateTime) -> SessionRecord {
+    let token = SessionToken::generate().expect("random");
+    SessionRecord {
+        id: SessionId::new(),
+        token_hash: token.hash(),
+        user_id: user,
+        username: "alice".into(),
+        created_at: at,
+        last_seen_at: at,
+        expires_at: at + Duration::days(7),
+        ip: Some("192.0.2.7".into()),
+        user_agent: Some("conformance/1.0".into()),
+    }
+}
+
+/// A stored session reads back exactly; an unknown hash reads as nothing.
+pub async fn create_then_get(s: &dyn SessionStore) {
+    let a = session(UserId::new(), t0());
+    s.create(&a).await.unwrap();
+    assert_eq!(s.get(&a.token_hash).await.unwrap(), Some(a.clone()));
+    let other = SessionToken::generate().unwrap().hash();
+    assert_eq!(s.get(&other).await.unwrap(), None);
+    let mut no_meta = session(UserId::new(), t0());
+    no_meta.ip = None;
+    no_meta.user_agent = None;
+    s.create(&no_meta).await.unwrap();
+    assert_eq!(s.get(&no_meta.token_hash).await.unwrap(), Some(no_meta));
+}
+
+/// Touch moves `last_seen_at` forward only, and touching a missing session creates nothing.
+pub async fn touch_moves_forward_only(s: &dyn SessionStore) {
+    let a = session(UserId::new(), t0());
+    s.create(&a).await.unwrap();
+    s.touch(&a.token_hash, t0() + Duration::minutes(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get(&a.token_hash).await.unwrap().unwrap().last_seen_at,
+        t0() + Duration::minutes(5)
+    );
+    s.touch(&a.token_hash, t0() + Duration::minutes(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get(&a.token_hash).await.unwrap().unwrap().last_seen_at,
+        t0() + Duration::minutes(5)
+    );
+    let ghost = SessionToken::generate().unwrap().hash();
+    s.touch(&ghost, t0()).await.unwrap();
+    assert_eq!(s.get(&ghost).await.unwrap(), None);
+}
+
+/// Delete returns what it removed, once.
+pub async fn delete_returns_the_session_once(s: &dyn SessionStore) {
+    let a = session(UserId::new(), t0());
+    s.create(&a).await.unwrap();
+    assert_eq!(s.delete(&a.token_hash).await.unwrap(), Some(a.clone()));
+    assert_eq!(s.delete(&a.token_hash).await.unwrap(), None);
+    assert_eq!(s.get(&a.token_hash).await.unwrap(), None);
+}
+
+/// Delete by public id honours the owner.
+pub async fn delete_by_id_honours_the_owner(s: &dyn SessionStore) {
+    let (alice, mallory) = (UserId::new(), UserId::new());
+    let a = session(alice, t0());
+    s.create(&a).await.unwrap();
+    assert_eq!(s.delete_by_id(a.id, Some(mallory)).await.unwrap(), None);
+    assert!(s.get(&a.token_hash).await.unwrap().is_some());
+    assert_eq!(
+        s.delete_by_id(a.id, Some(alice))
+            .await
+            .unwrap()
+            .map(|x| x.id),
+        Some(a.id)
+    );
+    assert_eq!(s.get(&a.token_hash).await.unwrap(), None);
+    let b = session(alice, t0());
+    s.create(&b).await.unwrap();
+    assert_eq!(
+        s.delete_by_id(b.id, None).await.unwrap().map(|x| x.id),
+        Some(b.id)
+    );
+    assert_eq!(s.delete_by_id(SessionId::new(), None).await.unwrap(), None);
+}
+
+/// Listing and revoking by user touch only that user's sessions.
+pub async fn per_user_list_and_revoke(s: &dyn SessionStore) {
+    let (alice, bob) = (UserId::new(), UserId::new());
+    let a1 = session(alice, t0());
+    let a2 = session(alice, t0() + Duration::seconds(1));
+    let a3 = session(alice, t0() + Duration::seconds(2));
+    let b1 = session(bob, t0());
+    for x in [&a1, &a2, &a3, &b1] {
+        s.create(x).await.unwrap();
+    }
+    let mut ids: Vec<SessionId> = s
+        .list_for_user(alice)
+        .await
+        .unwrap()
+        .iter()
+        .map(|x| x.id)
+        .collect();
+    ids.sort_by_key(|i| i.to_string());
+    let mut want = vec![a1.id, a2.id, a3.id];
+    want.sort_by_key(|i| i.to_string());
+    assert_eq!(ids, want);
+    assert_eq!(s.delete_for_user(alice, Some(a2.id)).await.unwrap(), 2);
+    let left: Vec<SessionId> = s
+        .list_for_user(alice)
+        .await
+        .unwrap()
+        .iter()
+        .map(|x| x.id)
+        .collect();
+    assert_eq!(left, vec![a2.id]);
+    assert!(s.get(&b1.token_hash).await.unwrap().is_some());
+    assert_eq!(s.delete_for_user(alice, None).await.unwrap(), 1);
+    assert!(s.list_for_user(alice).await.unwrap().is_empty());
+    assert_eq!(s.list_for_user(bob).await.unwrap().len(), 1);
+}
+
+/// Replace swaps a session for a new one atomically, and refuses when the old one is gone.
+pub async fn replace_is_atomic(s: &dyn SessionStore) {
+    let user = UserId::new();
+    let old = session(user, t0());
+    s.create(&old).await.unwrap();
+    let new = session(user, t0() + Duration::minutes(1));
+    assert!(s.replace(&old.token_hash, &new).await.unwrap());
+    assert_eq!(s.get(&old.token_hash).await.unwrap(), None);
+    assert_eq!(s.get(&new.token_hash).await.unwrap(), Some(new.clone()));
+    let newer = session(user, t0() + Duration::minutes(2));
+    assert!(!s.replace(&old.token_hash, &newer).await.unwrap());
+    assert_eq!(s.get(&newer.token_hash).await.unwrap(), None);
+    assert_eq!(s.list_for_user(user).await.unwrap().len(), 1);
+}
+
+/// Purge removes sessions past their absolute expiry or idle cutoff, and nothing else.
+pub async fn purge_removes_only_expired(s: &dyn SessionStore) {
+    let user = UserId::new();
+    let mut old_abs = session(user, t0());
+    old_abs.expires_at = t0() + Duration::hours(1);
+    old_abs.last_seen_at = t0() + Duration::minutes(59);
+    let idle = session(user, t0());
+    let mut fresh = session(user, t0());
+    fresh.last_seen_at = t0() + Duration::minutes(50);
+    for x in [&old_abs, &idle, &fresh] {
+        s.create(x).await.unwrap();
+    }
+    let now = t0() + Duration::hours(1);
+    let n = s
+        .purge_expired(now, now - Duration::minutes(30))
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    let left: Vec<SessionId> = s
+        .list_for_user(user)
+        .await
+        .unwrap()
+        .iter()
+        .map(|x| x.id)
+        .collect();
+    assert_eq!(left, vec![fresh.id]);
+}
+
+/// Concurrent deletes of one session: exactly one wins.
+pub async fn concurrent_delete_has_one_winner(s: Arc<dyn SessionStore>) {
+    let a = session(UserId::new(), t0());
+    s.create(&a).await.unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let s = s.clone();
+            let h = a.token_hash;
+            tokio::spawn(async move { s.delete(&h).await.unwrap().is_some() })
+        })
+        .collect();
+    let mut winners = 0;
+    for t in tasks {
+        if t.await.unwrap() {
+            winners += 1;
+        }
+    }
+    assert_eq!(winners, 1);
+}
+
+/// Concurrent creates for one user are all kept and listed.
+pub async fn concurrent_creates_are_all_kept(s: Arc<dyn SessionStore>) {
+    let user = UserId::new();
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let x = session(user, t0() + Duration::seconds(i));
+                s.create(&x).await.unwrap();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(s.list_for_user(user).await.unwrap().len(), 16);
+    s.ping().await.unwrap();
+}
+
+fn user(name: &str) -> UserRecord {
+    UserRecord {
+        id: UserId::new(),
+        username: name.into(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA".into(),
+        created_at: t0(),
+        locked: false,
+    }
+}
+
+/// Users: create, find by name ignoring case, uniqueness ignoring case, update, lock, delete, list.
+pub async fn users_round_trip(s: &dyn UserStore) {
+    let alice = user("Alice");
+    s.create_user(&alice).await.unwrap();
+    assert_eq!(s.user_by_name("alice").await.unwrap(), Some(alice.clone()));
+    assert_eq!(s.user_by_name("ALICE").await.unwrap(), Some(alice.clone()));
+    assert_eq!(s.user_by_id(alice.id).await.unwrap(), Some(alice.clone()));
+    assert!(matches!(
+        s.create_user(&user("aLiCe")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.user_by_name("bob").await.unwrap(), None);
+    s.set_password_hash(alice.id, "$argon2id$new")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.user_by_id(alice.id).await.unwrap().unwrap().password_hash,
+        "$argon2id$new"
+    );
+    assert!(s.set_locked(alice.id, true).await.unwrap());
+    assert!(s.user_by_id(alice.id).await.unwrap().unwrap().locked);
+    assert!(!s.set_locked(UserId::new(), true).await.unwrap());
+    let bob = user("bob");
+    s.create_user(&bob).await.unwrap();
+    let names: Vec<String> = s
+        .list_users()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.username)
+        .collect();
+    assert_eq!(names, vec!["Alice".to_owned(), "bob".to_owned()]);
+    assert!(s.delete_user(alice.id).await.unwrap());
+    assert!(!s.delete_user(alice.id).await.unwrap());
+    assert_eq!(s.user_by_name("alice").await.unwrap(), None);
+    s.ping().await.unwrap();
+}
+
+/// Generate the session-store conformance tests for a backend. `$make` is an async fn
+/// returning a fresh `Fixture<dyn SessionStore>`.
+#[macro_export]
+macro_rules! session_store_conformance {
+    ($name:ident, $make:path) => {
+        mod $name {
+            use $crate::conformance as c;
+            #[tokio::test]
+            async fn create_then_get() {
+                let f = $make().await;
+                c::create_then_get(&*f.store).await
+            }
+            #[tokio::test]
+            async fn touch_moves_forward_only() {
+                let f = $make().await;
+                c::touch_moves_forward_only(&*f.store).await
+            }
+            #[tokio::test]
+            async fn delete_returns_the_session_once() {
+                let f = $make().await;
+                c::delete_returns_the_session_once(&*f.store).await
+            }
+            #[tokio::test]
+            async fn delete_by_id_honours_the_owner() {
+                let f = $make().await;
+                c::delete_by_id_honours_the_owner(&*f.store).await
+            }
+            #[tokio::test]
+            async fn per_user_list_and_revoke() {
+                let f = $make().await;
+                c::per_user_list_and_revoke(&*f.store).await
+            }
+            #[tokio::test]
+            async fn replace_is_atomic() {
+                let f = $make().await;
+                c::replace_is_atomic(&*f.store).await
+            }
+            #[tokio::test]
+            async fn purge_removes_only_expired() {
+                let f = $make().await;
+                c::purge_removes_only_expired(&*f.store).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn concurrent_delete_has_one_winner() {
+                let f = $make().await;
+                c::concurrent_delete_has_one_winner(f.store.clone()).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn concurrent_creates_are_all_kept() {
+                let f = $make().await;
+                c::concurrent_creates_are_all_kept(f.store.clone()).await
+            }
+        }
+    };
+}
+
+/// Generate the user-store conformance tests for a backend.
+#[macro_export]
+macro_rules! user_store_conformance {
+    ($name:ident, $make:path) => {
+        mod $name {
+            use $crate::conformance as c;
+            #[tokio::test]
+            async fn users_round_trip() {
+                let f = $make().await;
+                c::users_round_trip(&*f.store).await
+            }
+        }
+    };
+}

@@ -1,0 +1,275 @@
+//! Admin commands: users and sessions, on the same configuration as the server. They change the
+//! stores directly, so a running server honours them on its next request.
+
+use crate::config::Settings;
+use crate::serve::auth_config;
+use crate::stores;
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use keyward_core::{
+    AuthError, AuthService, Password, PasswordHasher, SessionId, SessionRecord, SystemClock,
+    UserRecord,
+};
+use serde_json::json;
+use std::io::BufRead;
+use std::sync::Arc;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Create a user; the password is read from standard input.
+    Add {
+        /// Username.
+        name: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List users.
+    List,
+    /// Lock a user out and revoke every session of theirs.
+    Lock {
+        /// Username.
+        name: String,
+    },
+    /// Let a locked user sign in again.
+    Unlock {
+        /// Username.
+        name: String,
+    },
+    /// Delete a user and every session of theirs.
+    Delete {
+        /// Username.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// List a user's live sessions.
+    List {
+        /// Username.
+        #[arg(long)]
+        user: String,
+    },
+    /// Revoke every session of a user, or one session by id.
+    Revoke {
+        /// Revoke every session of this user.
+        #[arg(long, conflicts_with = "id", required_unless_present = "id")]
+        user: Option<String>,
+        /// Revoke the session with this id.
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+async fn service(settings: &Settings) -> anyhow::Result<AuthService> {
+    let stores = stores::open(settings).await?;
+    let hasher = PasswordHasher::new(Some(1)).context("starting the password hasher")?;
+    Ok(AuthService::new(
+        stores.users,
+        stores.sessions,
+        hasher,
+        Arc::new(SystemClock),
+        auth_config(settings),
+    ))
+}
+
+fn ts(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+fn user_json(u: &UserRecord) -> serde_json::Value {
+    json!({"id": u.id.to_string(), "username": u.username, "created_at": ts(u.created_at), "locked": u.locked})
+}
+
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| (*h).to_owned()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+fn print_users(users: &[UserRecord], json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::Value::Array(users.iter().map(user_json).collect())
+        );
+        return;
+    }
+    let rows: Vec<Vec<String>> = users
+        .iter()
+        .map(|u| {
+            vec![
+                u.username.clone(),
+                u.id.to_string(),
+                ts(u.created_at),
+                if u.locked { "locked" } else { "active" }.into(),
+            ]
+        })
+        .collect();
+    print_table(&["USERNAME", "ID", "CREATED", "STATUS"], &rows);
+}
+
+fn explain(e: AuthError, name: &str) -> anyhow::Error {
+    match e {
+        AuthError::NoSuchUser => anyhow::anyhow!("no user named '{name}'"),
+        other => other.into(),
+    }
+}
+
+pub async fn users(cmd: UsersCommand, settings: &Settings, json: bool) -> anyhow::Result<()> {
+    let auth = service(settings).await?;
+    match cmd {
+        UsersCommand::Add {
+            name,
+            password_stdin,
+        } => {
+            if !password_stdin {
+                bail!("give the password on standard input with --password-stdin");
+            }
+            let mut line = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .context("reading the password")?;
+            let password = Password::new(line.trim_end_matches(['\r', '\n']).to_owned());
+            let user = auth
+                .create_user(&name, &password)
+                .await
+                .map_err(|e| explain(e, &name))?;
+            print_users(&[user], json);
+        }
+        UsersCommand::List => print_users(&auth.users().list_users().await?, json),
+        UsersCommand::Lock { name } => {
+            let user = auth
+                .set_locked(&name, true)
+                .await
+                .map_err(|e| explain(e, &name))?;
+            print_users(&[user], json);
+        }
+        UsersCommand::Unlock { name } => {
+            let user = auth
+                .set_locked(&name, false)
+                .await
+                .map_err(|e| explain(e, &name))?;
+            print_users(&[user], json);
+        }
+        UsersCommand::Delete { name } => {
+            let user = auth
+                .delete_user(&name)
+                .await
+                .map_err(|e| explain(e, &name))?;
+            if json {
+                println!("{}", json!({"deleted": user_json(&user)}));
+            } else {
+                println!("deleted user {} ({})", user.username, user.id);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_sessions(sessions: &[SessionRecord], auth: &AuthService, json: bool) {
+    if json {
+        let list: Vec<serde_json::Value> = sessions
+            .iter()
+            .map(|s| {
+                json!({"id": s.id.to_string(), "user_id": s.user_id.to_string(), "username": s.username,
+                       "created_at": ts(s.created_at), "last_seen_at": ts(s.last_seen_at),
+                       "expires_at": ts(auth.valid_until(s)), "ip": s.ip, "user_agent": s.user_agent})
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+        return;
+    }
+    let rows: Vec<Vec<String>> = sessions
+        .iter()
+        .map(|s| {
+            vec![
+                s.id.to_string(),
+                s.username.clone(),
+                ts(s.created_at),
+                ts(s.last_seen_at),
+                ts(auth.valid_until(s)),
+                s.ip.clone().unwrap_or_default(),
+                s.user_agent
+                    .clone()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(40)
+                    .collect(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "ID",
+            "USER",
+            "CREATED",
+            "LAST SEEN",
+            "EXPIRES",
+            "IP",
+            "USER AGENT",
+        ],
+        &rows,
+    );
+}
+
+pub async fn sessions(cmd: SessionsCommand, settings: &Settings, json: bool) -> anyhow::Result<()> {
+    let auth = service(settings).await?;
+    match cmd {
+        SessionsCommand::List { user } => {
+            let u = auth
+                .user_named(&user)
+                .await
+                .map_err(|e| explain(e, &user))?;
+            print_sessions(&auth.list_sessions(u.id).await?, &auth, json);
+        }
+        SessionsCommand::Revoke {
+            user: Some(user), ..
+        } => {
+            let u = auth
+                .user_named(&user)
+                .await
+                .map_err(|e| explain(e, &user))?;
+            let n = auth.revoke_user_sessions(u.id, None).await?;
+            if json {
+                println!("{}", json!({"revoked": n}));
+            } else {
+                println!("revoked {n} session(s) of {}", u.username);
+            }
+        }
+        SessionsCommand::Revoke { user: None, id } => {
+            let raw = id.unwrap_or_default();
+            let Some(sid) = SessionId::parse(&raw) else {
+                bail!("'{raw}' is not a session id")
+            };
+            if !auth.revoke_session(sid, None).await? {
+                bail!("no session with id {sid}");
+            }
+            if json {
+                println!("{}", json!({"revoked": 1}));
+            } else {
+                println!("revoked session {sid}");
+            }
+        }
+    }
+    Ok(())
+}

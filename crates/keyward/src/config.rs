@@ -1,0 +1,647 @@
+//! Settings: flags, `KEYWARD_*` environment variables and an optional TOML file, with the
+//! precedence flag > env > file > default. Two stages: clap parses raw values (flags and env),
+//! then [`Settings::resolve`] merges the file and the defaults and validates the whole.
+
+use clap::{Args, ValueEnum};
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use url::Url;
+
+/// A setting that cannot be used. Its `Display` starts with the setting's name.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {setting}: {message}")]
+pub struct ConfigError {
+    /// The setting, as its flag is named.
+    pub setting: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn bad(setting: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting: format!("--{setting}"),
+        message: message.into(),
+    }
+}
+
+/// `30s`, `15m`, `7d`, `1h30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("'{s}' is not a duration like 30s, 15m or 7d ({e})"))?;
+    if d.is_zero() {
+        return Err(format!("'{s}' must be longer than zero"));
+    }
+    Ok(d)
+}
+
+/// A network or a single address (`10.0.0.0/8`, `127.0.0.1`).
+pub fn parse_net(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("'{s}' is not an IP address or CIDR network"))
+}
+
+fn parse_url(s: &str) -> Result<Url, String> {
+    let u = Url::parse(s.trim()).map_err(|e| format!("'{s}' is not a URL ({e})"))?;
+    if !matches!(u.scheme(), "http" | "https") || u.host().is_none() {
+        return Err(format!(
+            "'{s}' must be an http:// or https:// URL with a host"
+        ));
+    }
+    Ok(u)
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(format!("'{other}' is not true or false")),
+    }
+}
+
+/// Where sessions are cached on each node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionCache {
+    /// Every validation reads the store.
+    None,
+    /// A bounded local cache with invalidation.
+    Near,
+    /// Every node keeps all live sessions.
+    Replicated,
+}
+
+/// Signing algorithm of access tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+pub enum TokenAlgorithm {
+    /// Ed25519.
+    #[value(name = "EdDSA")]
+    EdDSA,
+    /// P-256.
+    #[value(name = "ES256")]
+    ES256,
+    /// RSA 2048 PKCS#1 v1.5.
+    #[value(name = "RS256")]
+    RS256,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Every setting, as flags and environment variables. Unset means "not given here".
+#[derive(Debug, Clone, Default, Args)]
+pub struct SettingsArgs {
+    /// TOML file with settings (keys in snake_case, e.g. idle_timeout = "30m").
+    #[arg(long, env = "KEYWARD_CONFIG", value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "KEYWARD_BIND", value_name = "ADDR", global = true)]
+    pub bind: Option<SocketAddr>,
+    /// Users database: sqlite://PATH or postgres://… [default: sqlite://keyward.db].
+    #[arg(long, env = "KEYWARD_DATABASE", value_name = "URL", global = true)]
+    pub database: Option<String>,
+    /// Session store: memory, sqlite://PATH, redis://…, rediss://…, redis+sentinel://…,
+    /// redis+cluster://…, postgres://… [default: the --database].
+    #[arg(long, env = "KEYWARD_SESSION_STORE", value_name = "URL", global = true)]
+    pub session_store: Option<String>,
+    /// Local session cache: none, near or replicated [default: none].
+    #[arg(
+        long,
+        env = "KEYWARD_SESSION_CACHE",
+        value_name = "MODE",
+        global = true
+    )]
+    pub session_cache: Option<SessionCache>,
+    /// Public URL of this server; https makes cookies Secure and __Host- prefixed
+    /// [default: http://127.0.0.1:8080, or http://<bind> when --bind is given].
+    #[arg(long, env = "KEYWARD_PUBLIC_URL", value_name = "URL", value_parser = parse_url, global = true)]
+    pub public_url: Option<Url>,
+    /// Other origins allowed to send cookie-authenticated unsafe requests (comma-separated).
+    #[arg(long, env = "KEYWARD_ALLOWED_ORIGINS", value_name = "LIST", value_delimiter = ',', value_parser = parse_url, global = true)]
+    pub allowed_origins: Option<Vec<Url>>,
+    /// A session unused this long ends [default: 30m].
+    #[arg(long, env = "KEYWARD_IDLE_TIMEOUT", value_name = "DUR", value_parser = parse_duration, global = true)]
+    pub idle_timeout: Option<Duration>,
+    /// A session this old ends however much it is used [default: 7d].
+    #[arg(long, env = "KEYWARD_ABSOLUTE_TIMEOUT", value_name = "DUR", value_parser = parse_duration, global = true)]
+    pub absolute_timeout: Option<Duration>,
+    /// Lifetime of access tokens [default: 15m].
+    #[arg(long, env = "KEYWARD_ACCESS_TOKEN_TTL", value_name = "DUR", value_parser = parse_duration, global = true)]
+    pub access_token_ttl: Option<Duration>,
+    /// Lifetime of a refresh-token family [default: 30d].
+    #[arg(long, env = "KEYWARD_REFRESH_TOKEN_TTL", value_name = "DUR", value_parser = parse_duration, global = true)]
+    pub refresh_token_ttl: Option<Duration>,
+    /// `iss` of issued tokens [default: the public URL].
+    #[arg(long, env = "KEYWARD_ISSUER", value_name = "URL", global = true)]
+    pub issuer: Option<String>,
+    /// `aud` of issued tokens [default: keyward].
+    #[arg(long, env = "KEYWARD_AUDIENCE", value_name = "STR", global = true)]
+    pub audience: Option<String>,
+    /// Whether anyone may register through the API and pages [default: true].
+    #[arg(long, env = "KEYWARD_OPEN_REGISTRATION", value_name = "BOOL", value_parser = parse_bool, global = true)]
+    pub open_registration: Option<bool>,
+    /// Access-token signing algorithm: EdDSA, ES256 or RS256 [default: EdDSA].
+    #[arg(
+        long,
+        env = "KEYWARD_TOKEN_ALGORITHM",
+        value_name = "ALG",
+        global = true
+    )]
+    pub token_algorithm: Option<TokenAlgorithm>,
+    /// Bearer secret that protects token introspection.
+    #[arg(
+        long,
+        env = "KEYWARD_INTROSPECTION_TOKEN",
+        value_name = "SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    pub introspection_token: Option<String>,
+    /// Proxies whose X-Forwarded-For is believed (comma-separated addresses or CIDRs).
+    #[arg(long, env = "KEYWARD_TRUSTED_PROXIES", value_name = "LIST", value_delimiter = ',', value_parser = parse_net, global = true)]
+    pub trusted_proxies: Option<Vec<IpNet>>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "KEYWARD_LOG_FORMAT", value_name = "FORMAT", global = true)]
+    pub log_format: Option<LogFormat>,
+    /// Failed logins allowed per account within the window [default: 10].
+    #[arg(
+        long,
+        env = "KEYWARD_LOGIN_MAX_FAILURES_PER_ACCOUNT",
+        value_name = "N",
+        global = true
+    )]
+    pub login_max_failures_per_account: Option<u32>,
+    /// Failed logins allowed per client address within the window [default: 100].
+    #[arg(
+        long,
+        env = "KEYWARD_LOGIN_MAX_FAILURES_PER_ADDRESS",
+        value_name = "N",
+        global = true
+    )]
+    pub login_max_failures_per_address: Option<u32>,
+    /// The login-throttling window [default: 15m].
+    #[arg(long, env = "KEYWARD_LOGIN_FAILURE_WINDOW", value_name = "DUR", value_parser = parse_duration, global = true)]
+    pub login_failure_window: Option<Duration>,
+    /// Password hashes computed at once [default: cores - 1, at least 1].
+    #[arg(
+        long,
+        env = "KEYWARD_HASH_CONCURRENCY",
+        value_name = "N",
+        global = true
+    )]
+    pub hash_concurrency: Option<usize>,
+}
+
+/// The TOML file: the same settings in snake_case; unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    bind: Option<String>,
+    database: Option<String>,
+    session_store: Option<String>,
+    session_cache: Option<String>,
+    public_url: Option<String>,
+    allowed_origins: Option<StringOrList>,
+    idle_timeout: Option<String>,
+    absolute_timeout: Option<String>,
+    access_token_ttl: Option<String>,
+    refresh_token_ttl: Option<String>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    open_registration: Option<bool>,
+    token_algorithm: Option<String>,
+    introspection_token: Option<String>,
+    trusted_proxies: Option<StringOrList>,
+    log_format: Option<String>,
+    login_max_failures_per_account: Option<u32>,
+    login_max_failures_per_address: Option<u32>,
+    login_failure_window: Option<String>,
+    hash_concurrency: Option<usize>,
+}
+
+/// Lists may be written `"a,b"` or `["a", "b"]` in the file.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum StringOrList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StringOrList {
+    fn items(&self) -> Vec<String> {
+        match self {
+            Self::One(s) => s
+                .split(',')
+                .map(|x| x.trim().to_owned())
+                .filter(|x| !x.is_empty())
+                .collect(),
+            Self::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub bind: SocketAddr,
+    pub database: String,
+    pub session_store: String,
+    #[allow(dead_code)] // only `none` is accepted until the shared stores land
+    pub session_cache: SessionCache,
+    pub public_url: Url,
+    /// True when no setting named the public URL: it is then derived from the bound address.
+    pub public_url_derived: bool,
+    pub allowed_origins: Vec<Url>,
+    pub idle_timeout: Duration,
+    pub absolute_timeout: Duration,
+    #[allow(dead_code)] // validated now; the token service reads it
+    pub access_token_ttl: Duration,
+    #[allow(dead_code)] // validated now; the token service reads it
+    pub refresh_token_ttl: Duration,
+    #[allow(dead_code)] // validated now; the token service reads it
+    pub issuer: String,
+    #[allow(dead_code)] // validated now; the token service reads it
+    pub audience: String,
+    pub open_registration: bool,
+    #[allow(dead_code)] // validated now; the token service reads it
+    pub token_algorithm: TokenAlgorithm,
+    #[allow(dead_code)] // validated now; the token service reads it
+    pub introspection_token: Option<String>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub log_format: LogFormat,
+    pub login_max_failures_per_account: u32,
+    pub login_max_failures_per_address: u32,
+    pub login_failure_window: Duration,
+    pub hash_concurrency: Option<usize>,
+}
+
+fn file_value<T>(
+    setting: &str,
+    raw: Option<&str>,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Option<T>, ConfigError> {
+    raw.map(|r| parse(r).map_err(|m| bad(setting, format!("{m} (in the config file)"))))
+        .transpose()
+}
+
+fn enum_value<T: ValueEnum>(s: &str) -> Result<T, String> {
+    T::from_str(s, false).map_err(|_| {
+        let names: Vec<String> = T::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value())
+            .map(|p| p.get_name().to_owned())
+            .collect();
+        format!("'{s}' is not one of {}", names.join(", "))
+    })
+}
+
+fn check_store_url(setting: &str, url: &str, allow_memory: bool) -> Result<(), ConfigError> {
+    let scheme = url.split(':').next().unwrap_or_default();
+    match scheme {
+        "sqlite" => Ok(()),
+        "memory" if allow_memory && url == "memory" => Ok(()),
+        "postgres" | "postgresql" | "redis" | "rediss" | "redis+sentinel" | "redis+cluster" => {
+            Err(bad(
+                setting,
+                format!(
+                    "{scheme}:// is not supported by this build yet (use sqlite://PATH{})",
+                    if allow_memory { " or memory" } else { "" }
+                ),
+            ))
+        }
+        _ => Err(bad(
+            setting,
+            format!(
+                "'{url}' is not a supported URL (sqlite://PATH, postgres://…{})",
+                if allow_memory {
+                    ", redis://…, memory"
+                } else {
+                    ""
+                }
+            ),
+        )),
+    }
+}
+
+impl Settings {
+    /// Merge flags/env over the file over the defaults, and validate.
+    pub fn resolve(args: &SettingsArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileSettings::default(),
+        };
+        let bind = match args.bind {
+            Some(b) => Some(b),
+            None => file_value("bind", file.bind.as_deref(), |s| {
+                s.parse::<SocketAddr>()
+                    .map_err(|_| format!("'{s}' is not an address like 127.0.0.1:8080"))
+            })?,
+        };
+        let bind_given = bind.is_some();
+        let bind = bind.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let database = args
+            .database
+            .clone()
+            .or(file.database)
+            .unwrap_or_else(|| "sqlite://keyward.db".into());
+        check_store_url("database", &database, false)?;
+        let session_store = args
+            .session_store
+            .clone()
+            .or(file.session_store)
+            .unwrap_or_else(|| database.clone());
+        check_store_url("session-store", &session_store, true)?;
+        let session_cache = match args.session_cache {
+            Some(c) => c,
+            None => file_value(
+                "session-cache",
+                file.session_cache.as_deref(),
+                enum_value::<SessionCache>,
+            )?
+            .unwrap_or(SessionCache::None),
+        };
+        if session_cache != SessionCache::None {
+            return Err(bad("session-cache", "near and replicated need a shared store (Redis or PostgreSQL), which this build does not support yet; use none"));
+        }
+        let (public_url, public_url_derived) = match &args.public_url {
+            Some(u) => (u.clone(), false),
+            None => match file_value("public-url", file.public_url.as_deref(), parse_url)? {
+                Some(u) => (u, false),
+                None => (default_public_url(bind, bind_given)?, true),
+            },
+        };
+        let allowed_origins = match &args.allowed_origins {
+            Some(v) => v.clone(),
+            None => file
+                .allowed_origins
+                .map(|l| {
+                    l.items()
+                        .iter()
+                        .map(|s| parse_url(s))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()
+                .map_err(|m| bad("allowed-origins", format!("{m} (in the config file)")))?
+                .unwrap_or_default(),
+        };
+        let dur = |setting: &str,
+                   flag: Option<Duration>,
+                   file: Option<&str>,
+                   default: Duration|
+         -> Result<Duration, ConfigError> {
+            Ok(match flag {
+                Some(d) => d,
+                None => file_value(setting, file, parse_duration)?.unwrap_or(default),
+            })
+        };
+        const MIN: u64 = 60;
+        let idle_timeout = dur(
+            "idle-timeout",
+            args.idle_timeout,
+            file.idle_timeout.as_deref(),
+            Duration::from_secs(30 * MIN),
+        )?;
+        let absolute_timeout = dur(
+            "absolute-timeout",
+            args.absolute_timeout,
+            file.absolute_timeout.as_deref(),
+            Duration::from_secs(7 * 24 * 60 * MIN),
+        )?;
+        let access_token_ttl = dur(
+            "access-token-ttl",
+            args.access_token_ttl,
+            file.access_token_ttl.as_deref(),
+            Duration::from_secs(15 * MIN),
+        )?;
+        let refresh_token_ttl = dur(
+            "refresh-token-ttl",
+            args.refresh_token_ttl,
+            file.refresh_token_ttl.as_deref(),
+            Duration::from_secs(30 * 24 * 60 * MIN),
+        )?;
+        let login_failure_window = dur(
+            "login-failure-window",
+            args.login_failure_window,
+            file.login_failure_window.as_deref(),
+            Duration::from_secs(15 * MIN),
+        )?;
+        let issuer = args
+            .issuer
+            .clone()
+            .or(file.issuer)
+            .unwrap_or_else(|| public_url.as_str().trim_end_matches('/').to_owned());
+        let audience = args
+            .audience
+            .clone()
+            .or(file.audience)
+            .unwrap_or_else(|| "keyward".into());
+        if audience.trim().is_empty() {
+            return Err(bad("audience", "must not be empty"));
+        }
+        let token_algorithm = match args.token_algorithm {
+            Some(a) => a,
+            None => file_value(
+                "token-algorithm",
+                file.token_algorithm.as_deref(),
+                enum_value::<TokenAlgorithm>,
+            )?
+            .unwrap_or(TokenAlgorithm::EdDSA),
+        };
+        let introspection_token = args
+            .introspection_token
+            .clone()
+            .or(file.introspection_token);
+        if introspection_token.as_deref().is_some_and(|t| t.len() < 16) {
+            return Err(bad("introspection-token", "must be at least 16 characters"));
+        }
+        let trusted_proxies = match &args.trusted_proxies {
+            Some(v) => v.clone(),
+            None => file
+                .trusted_proxies
+                .map(|l| {
+                    l.items()
+                        .iter()
+                        .map(|s| parse_net(s))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()
+                .map_err(|m| bad("trusted-proxies", format!("{m} (in the config file)")))?
+                .unwrap_or_default(),
+        };
+        let log_format = match args.log_format {
+            Some(f) => f,
+            None => file_value(
+                "log-format",
+                file.log_format.as_deref(),
+                enum_value::<LogFormat>,
+            )?
+            .unwrap_or(LogFormat::Text),
+        };
+        let per_account = args
+            .login_max_failures_per_account
+            .or(file.login_max_failures_per_account)
+            .unwrap_or(10);
+        let per_address = args
+            .login_max_failures_per_address
+            .or(file.login_max_failures_per_address)
+            .unwrap_or(100);
+        if per_account == 0 {
+            return Err(bad("login-max-failures-per-account", "must be at least 1"));
+        }
+        if per_address == 0 {
+            return Err(bad("login-max-failures-per-address", "must be at least 1"));
+        }
+        let hash_concurrency = args.hash_concurrency.or(file.hash_concurrency);
+        if hash_concurrency == Some(0) {
+            return Err(bad("hash-concurrency", "must be at least 1"));
+        }
+        Ok(Self {
+            bind,
+            database,
+            session_store,
+            session_cache,
+            public_url,
+            public_url_derived,
+            allowed_origins,
+            idle_timeout,
+            absolute_timeout,
+            access_token_ttl,
+            refresh_token_ttl,
+            issuer,
+            audience,
+            open_registration: args
+                .open_registration
+                .or(file.open_registration)
+                .unwrap_or(true),
+            token_algorithm,
+            introspection_token,
+            trusted_proxies,
+            log_format,
+            login_max_failures_per_account: per_account,
+            login_max_failures_per_address: per_address,
+            login_failure_window,
+            hash_concurrency,
+        })
+    }
+}
+
+/// The public URL when none is set: `http://127.0.0.1:8080` by default, else `http://<bind>`
+/// (`localhost` for an unspecified address).
+pub fn default_public_url(bind: SocketAddr, bind_given: bool) -> Result<Url, ConfigError> {
+    let text = if bind_given && !bind.ip().is_unspecified() {
+        format!("http://{bind}")
+    } else if bind_given {
+        format!("http://localhost:{}", bind.port())
+    } else {
+        "http://127.0.0.1:8080".to_owned()
+    };
+    Url::parse(&text).map_err(|e| {
+        bad(
+            "public-url",
+            format!("cannot derive it from --bind ({e}); set it"),
+        )
+    })
+}
+
+fn read_file(path: &Path) -> Result<FileSettings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        setting: "--config".into(),
+        message: format!("cannot read {}: {e}", path.display()),
+    })?;
+    toml::from_str(&text).map_err(|e| {
+        let msg = e.message().to_owned();
+        // Name the offending key first when serde tells us which it is.
+        let key = msg
+            .split('`')
+            .nth(1)
+            .filter(|_| msg.starts_with("unknown field"))
+            .map(|k| format!("{k} (in {})", path.display()));
+        ConfigError {
+            setting: key.unwrap_or_else(|| format!("--config {}", path.display())),
+            message: msg.lines().next().unwrap_or("invalid TOML").to_owned(),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86400)
+        );
+        assert!(parse_duration("abc").is_err());
+        assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn defaults() {
+        let s = Settings::resolve(&SettingsArgs::default()).unwrap();
+        assert_eq!(s.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.database, "sqlite://keyward.db");
+        assert_eq!(s.session_store, s.database);
+        assert_eq!(s.public_url.as_str(), "http://127.0.0.1:8080/");
+        assert_eq!(s.idle_timeout, Duration::from_secs(1800));
+        assert_eq!(s.absolute_timeout, Duration::from_secs(7 * 86400));
+        assert!(s.open_registration);
+        assert_eq!(s.token_algorithm, TokenAlgorithm::EdDSA);
+    }
+
+    #[test]
+    fn flag_over_file_over_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.toml");
+        std::fs::write(&path, "idle_timeout = \"5m\"\nabsolute_timeout = \"1d\"\nallowed_origins = [\"https://a.example\"]\n").unwrap();
+        let args = SettingsArgs {
+            config: Some(path),
+            idle_timeout: Some(Duration::from_secs(60)),
+            ..Default::default()
+        };
+        let s = Settings::resolve(&args).unwrap();
+        assert_eq!(s.idle_timeout, Duration::from_secs(60));
+        assert_eq!(s.absolute_timeout, Duration::from_secs(86400));
+        assert_eq!(s.allowed_origins.len(), 1);
+    }
+
+    #[test]
+    fn file_errors_name_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.toml");
+        std::fs::write(&path, "idle_timeout = \"soon\"\n").unwrap();
+        let e = Settings::resolve(&SettingsArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with("invalid setting --idle-timeout"),
+            "{e}"
+        );
+        std::fs::write(&path, "idle_timeot = \"5m\"\n").unwrap();
+        let e = Settings::resolve(&SettingsArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with("invalid setting idle_timeot"),
+            "{e}"
+        );
+    }
+}

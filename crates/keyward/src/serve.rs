@@ -1,0 +1,129 @@
+//! `keyward serve`.
+
+use crate::config::{LogFormat, Settings};
+use crate::stores;
+use anyhow::Context;
+use keyward_core::{
+    AuthConfig, AuthService, PasswordHasher, SharedClock, SystemClock, ThrottleConfig,
+};
+use keyward_http::{HttpConfig, Keyward};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tracing_subscriber::EnvFilter;
+
+fn init_logs(format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Convert a std duration into a `time` one.
+pub fn dur(d: std::time::Duration) -> time::Duration {
+    time::Duration::try_from(d).unwrap_or(time::Duration::MAX)
+}
+
+/// The service configuration the settings describe.
+pub fn auth_config(settings: &Settings) -> AuthConfig {
+    AuthConfig {
+        idle_timeout: dur(settings.idle_timeout),
+        absolute_timeout: dur(settings.absolute_timeout),
+        open_registration: settings.open_registration,
+        throttle: ThrottleConfig {
+            per_account: settings.login_max_failures_per_account,
+            per_address: settings.login_max_failures_per_address,
+            window: dur(settings.login_failure_window),
+        },
+    }
+}
+
+/// Run the server until SIGINT or SIGTERM.
+pub async fn serve(mut settings: Settings) -> anyhow::Result<()> {
+    init_logs(settings.log_format);
+    let listener = tokio::net::TcpListener::bind(settings.bind)
+        .await
+        .with_context(|| format!("--bind {}: cannot listen", settings.bind))?;
+    let addr = listener.local_addr()?;
+    if settings.public_url_derived {
+        // Port 0 or an unspecified address: the origin browsers will send is the bound one.
+        settings.public_url = crate::config::default_public_url(addr, true)?;
+    }
+    let stores = stores::open(&settings).await?;
+    let clock: SharedClock = Arc::new(SystemClock);
+    let hasher =
+        PasswordHasher::new(settings.hash_concurrency).context("starting the password hasher")?;
+    let auth = AuthService::new(
+        stores.users,
+        stores.sessions,
+        hasher,
+        clock,
+        auth_config(&settings),
+    );
+    let http = HttpConfig {
+        public_url: settings.public_url.clone(),
+        allowed_origins: settings.allowed_origins.clone(),
+        trusted_proxies: settings.trusted_proxies.clone(),
+    };
+    let kw = Keyward::new(auth, http);
+    tracing::info!(%addr, public_url = %settings.public_url, database = %redact_url(&settings.database), session_store = %redact_url(&settings.session_store), "keyward listening");
+
+    let purger = kw.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            match purger.auth().purge_expired().await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(purged = n, "expired sessions removed"),
+                Err(e) => tracing::warn!(error = %e, "purging expired sessions failed"),
+            }
+        }
+    });
+
+    axum::serve(
+        listener,
+        kw.router()
+            .into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown())
+    .await
+    .context("serving")?;
+    tracing::info!("keyward stopped");
+    Ok(())
+}
+
+/// A store URL without its password, for logs.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("redacted"));
+            u.to_string()
+        }
+        _ => raw.to_owned(),
+    }
+}
+
+async fn shutdown() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+}

@@ -1,0 +1,220 @@
+//! A real browser: headless Chromium (Debian's `chromium` + `chromium-driver`) registers, signs
+//! in through the page, keeps the cookie, sees its sessions on /account, revokes another
+//! session and signs out. A screenshot of /account is written to target/screenshots/.
+
+use crate::process::Server;
+use fantoccini::{ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+use keyward_testkit::{client, cookie_pair};
+use serde_json::json;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const PW: &str = "correct-horse-battery";
+
+/// Start chromedriver on a free port and wait until it says it is ready.
+async fn chromedriver() -> (Child, String) {
+    assert!(
+        std::path::Path::new(CHROMEDRIVER).exists() && std::path::Path::new(CHROMIUM).exists(),
+        "Chromium and ChromeDriver are needed: apt-get install chromium chromium-driver (scripts/test installs them)"
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(CHROMEDRIVER)
+        .args([format!("--port={port}"), "--allowed-ips=127.0.0.1".into()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start chromedriver");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("started successfully") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(ready, Ok(true), "chromedriver did not start");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, format!("http://127.0.0.1:{port}"))
+}
+
+fn capabilities(profile: &std::path::Path) -> serde_json::Map<String, serde_json::Value> {
+    let caps = json!({
+        "browserName": "chrome",
+        "goog:chromeOptions": {
+            "binary": CHROMIUM,
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--window-size=1200,900",
+                format!("--user-data-dir={}", profile.display()),
+            ]
+        }
+    });
+    caps.as_object().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_signs_in_sees_its_sessions_and_signs_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]).await;
+    let (_driver, driver_url) = chromedriver().await;
+    let profile = tempfile::tempdir().unwrap();
+    let mut builder = ClientBuilder::new(HttpConnector::new());
+    builder.capabilities(capabilities(profile.path()));
+    let b = builder
+        .connect(&driver_url)
+        .await
+        .expect("a WebDriver session");
+    let wait = |css: &'static str| {
+        let b = b.clone();
+        async move {
+            b.wait()
+                .at_most(Duration::from_secs(20))
+                .for_element(Locator::Css(css))
+                .await
+                .unwrap()
+        }
+    };
+
+    // Register through the page.
+    b.goto(&server.url("/register")).await.unwrap();
+    wait("form[action='/v1/users']").await;
+    b.find(Locator::Css("#username"))
+        .await
+        .unwrap()
+        .send_keys("browser.user")
+        .await
+        .unwrap();
+    b.find(Locator::Css("#password"))
+        .await
+        .unwrap()
+        .send_keys(PW)
+        .await
+        .unwrap();
+    b.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait("p.alert.ok").await;
+    assert_eq!(b.current_url().await.unwrap().path(), "/");
+
+    // Sign in through the page.
+    b.find(Locator::Css("#username"))
+        .await
+        .unwrap()
+        .send_keys("browser.user")
+        .await
+        .unwrap();
+    b.find(Locator::Css("#password"))
+        .await
+        .unwrap()
+        .send_keys(PW)
+        .await
+        .unwrap();
+    b.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait("table tbody tr").await;
+    assert_eq!(b.current_url().await.unwrap().path(), "/account");
+
+    // The browser keeps an HttpOnly cookie.
+    let cookies = b.get_all_cookies().await.unwrap();
+    let c = cookies
+        .iter()
+        .find(|c| c.name() == "keyward")
+        .expect("the session cookie");
+    assert_eq!(c.http_only(), Some(true));
+    let browser_cookie = format!("keyward={}", c.value());
+
+    // A second session, from an API client, shows up with a revoke button.
+    let res = client()
+        .post(server.url("/v1/sessions"))
+        .header("user-agent", "api-client/1.0")
+        .json(&json!({"username": "browser.user", "password": PW}))
+        .send()
+        .await
+        .unwrap();
+    let api_cookie = cookie_pair(res.headers(), "keyward").unwrap();
+    b.goto(&server.url("/account")).await.unwrap();
+    wait("table tbody tr").await;
+    let rows = b.find_all(Locator::Css("table tbody tr")).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    let page = b.source().await.unwrap();
+    assert!(page.contains("this device"));
+    assert!(page.contains("api-client/1.0"));
+    assert!(page.contains("Sign out everywhere else"));
+
+    let png = b.screenshot().await.unwrap();
+    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    std::fs::write(shots.join("account.png"), &png).unwrap();
+
+    // Revoke the API session from the page.
+    b.find(Locator::Css("form[action$='/revoke'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::XPath("//table/tbody[count(tr)=1]"))
+        .await
+        .unwrap();
+    let status = client()
+        .get(server.url("/v1/me"))
+        .header("cookie", &api_cookie)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 401, "revoked from the page");
+
+    // Sign out.
+    b.find(Locator::Css(
+        "div.actions form[action='/account/sign-out'] button",
+    ))
+    .await
+    .unwrap()
+    .click()
+    .await
+    .unwrap();
+    wait("form[action='/v1/sessions']").await;
+    assert!(
+        b.get_all_cookies()
+            .await
+            .unwrap()
+            .iter()
+            .all(|c| c.name() != "keyward"),
+        "the cookie is gone"
+    );
+    let status = client()
+        .get(server.url("/v1/me"))
+        .header("cookie", &browser_cookie)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 401, "the old cookie is dead");
+    b.goto(&server.url("/account")).await.unwrap();
+    wait("form[action='/v1/sessions']").await;
+    b.close().await.unwrap();
+    server.stop().await;
+}

@@ -1,0 +1,490 @@
+//! The real `keyward` binary: settings, exit codes, restarts, admin commands, logs.
+
+use keyward_testkit::{client, cookie_pair};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+
+const BIN: &str = env!("CARGO_BIN_EXE_keyward");
+const PW: &str = "correct-horse-battery";
+
+/// A `keyward serve` process with its stderr captured.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub logs: Arc<Mutex<Vec<String>>>,
+    lines_seen: tokio::sync::watch::Receiver<usize>,
+}
+
+impl Server {
+    /// Start `keyward serve` in `dir` on a free port, with JSON logs, and wait for the line
+    /// that says it listens.
+    pub async fn start(dir: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .args(["--bind", "127.0.0.1:0", "--log-format", "json"])
+            .args(extra)
+            .current_dir(dir)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start keyward");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = oneshot::channel::<String>();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let sink = logs.clone();
+        let (count_tx, lines_seen) = tokio::sync::watch::channel(0usize);
+        tokio::spawn(async move {
+            let mut tx = Some(tx);
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if v["message"] == "keyward listening" {
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_owned());
+                        }
+                    }
+                }
+                let n = {
+                    let mut v = sink.lock().unwrap();
+                    v.push(line);
+                    v.len()
+                };
+                let _ = count_tx.send(n);
+            }
+        });
+        let addr = tokio::time::timeout(std::time::Duration::from_secs(30), rx)
+            .await
+            .expect("keyward did not start within 30 s")
+            .expect("keyward exited before listening");
+        Self {
+            child,
+            base: format!("http://{addr}"),
+            logs,
+            lines_seen,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn stop(mut self) {
+        self.child.kill().await.unwrap();
+    }
+
+    pub fn log_text(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Wait (on the reader's signal, up to 10 s) until the logs contain `needle`.
+    pub async fn wait_for_log(&mut self, needle: &str) -> String {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            self.lines_seen.borrow_and_update();
+            let text = self.log_text();
+            if text.contains(needle) {
+                return text;
+            }
+            if tokio::time::timeout_at(deadline, self.lines_seen.changed())
+                .await
+                .is_err()
+            {
+                panic!("{needle:?} never appeared in the logs");
+            }
+        }
+    }
+}
+
+async fn run(dir: &Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        let mut s = child.stdin.take().unwrap();
+        s.write_all(input.as_bytes()).await.unwrap();
+        drop(s);
+    }
+    child.wait_with_output().await.unwrap()
+}
+
+#[tokio::test]
+async fn serve_help_lists_every_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &["serve", "--help"], None).await;
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in [
+        "--bind",
+        "--database",
+        "--session-store",
+        "--session-cache",
+        "--public-url",
+        "--allowed-origins",
+        "--idle-timeout",
+        "--absolute-timeout",
+        "--access-token-ttl",
+        "--refresh-token-ttl",
+        "--issuer",
+        "--audience",
+        "--open-registration",
+        "--token-algorithm",
+        "--introspection-token",
+        "--trusted-proxies",
+        "--log-format",
+        "--config",
+        "KEYWARD_IDLE_TIMEOUT",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from serve --help");
+    }
+}
+
+#[tokio::test]
+async fn invalid_settings_exit_2_with_a_line_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad-key.toml"), "idle_timout = \"5m\"\n").unwrap();
+    std::fs::write(
+        dir.path().join("bad-value.toml"),
+        "absolute_timeout = \"forever\"\n",
+    )
+    .unwrap();
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            vec!["serve", "--idle-timeout", "abc"],
+            vec![],
+            "idle-timeout",
+        ),
+        (
+            vec!["serve"],
+            vec![("KEYWARD_IDLE_TIMEOUT", "abc")],
+            "idle-timeout",
+        ),
+        (vec!["serve", "--bind", "nonsense"], vec![], "bind"),
+        (
+            vec!["serve", "--open-registration", "maybe"],
+            vec![],
+            "open-registration",
+        ),
+        (
+            vec!["serve", "--public-url", "not a url"],
+            vec![],
+            "public-url",
+        ),
+        (
+            vec!["serve", "--token-algorithm", "HS256"],
+            vec![],
+            "token-algorithm",
+        ),
+        (vec!["serve", "--log-format", "xml"], vec![], "log-format"),
+        (
+            vec!["serve", "--trusted-proxies", "10.0.0.0/8,banana"],
+            vec![],
+            "trusted-proxies",
+        ),
+        (vec!["serve", "--database", "mysql://x"], vec![], "database"),
+        (
+            vec!["serve", "--session-store", "etcd://x"],
+            vec![],
+            "session-store",
+        ),
+        (
+            vec!["serve", "--config", "bad-key.toml"],
+            vec![],
+            "idle_timout",
+        ),
+        (
+            vec!["serve", "--config", "bad-value.toml"],
+            vec![],
+            "absolute-timeout",
+        ),
+        (vec!["serve", "--config", "missing.toml"], vec![], "config"),
+        (
+            vec![
+                "serve",
+                "--database",
+                "sqlite:///nonexistent-dir/x/keyward.db",
+            ],
+            vec![],
+            "database",
+        ),
+    ];
+    for (args, env, setting) in cases {
+        let mut cmd = Command::new(BIN);
+        cmd.args(&args).current_dir(dir.path()).stdin(Stdio::null());
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().await.unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {err}");
+        let first = err.lines().next().unwrap_or_default();
+        assert!(
+            first.contains(setting),
+            "{args:?} {env:?}: first line {first:?} does not name {setting}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    assert!(
+        !dir.path().join("keyward.db").exists(),
+        "nothing was created"
+    );
+}
+
+#[tokio::test]
+async fn precedence_is_flag_then_env_then_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("k.toml"), "idle_timeout = \"bogus\"\n").unwrap();
+    // The file's bad value is overridden by the env and the flag, so start-up succeeds.
+    let out = Command::new(BIN)
+        .args(["serve", "--config", "k.toml", "--idle-timeout", "bad"])
+        .env("KEYWARD_IDLE_TIMEOUT", "5m")
+        .current_dir(dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "the flag wins over the env");
+    let s = Server::start(dir.path(), &["--config", "k.toml", "--idle-timeout", "5m"]).await;
+    assert_eq!(
+        client()
+            .get(s.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    s.stop().await;
+}
+
+async fn register_and_login(base: &str, user: &str, pw: &str) -> String {
+    let c = client();
+    let res = c
+        .post(format!("{base}/v1/users"))
+        .json(&json!({"username": user, "password": pw}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    login(base, user, pw).await
+}
+
+async fn login(base: &str, user: &str, pw: &str) -> String {
+    let res = client()
+        .post(format!("{base}/v1/sessions"))
+        .json(&json!({"username": user, "password": pw}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    cookie_pair(res.headers(), "keyward").unwrap()
+}
+
+async fn me(base: &str, cookie: &str) -> u16 {
+    client()
+        .get(format!("{base}/v1/me"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn a_restart_loses_no_user_and_no_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]).await;
+    let cookie = register_and_login(&s.base, "rita", PW).await;
+    assert_eq!(me(&s.base, &cookie).await, 200);
+    s.stop().await;
+    assert!(
+        dir.path().join("keyward.db").exists(),
+        "./keyward.db is the default database"
+    );
+    let s = Server::start(dir.path(), &[]).await;
+    assert_eq!(
+        me(&s.base, &cookie).await,
+        200,
+        "the session survived the restart"
+    );
+    let again = login(&s.base, "rita", PW).await;
+    assert_eq!(me(&s.base, &again).await, 200);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn admin_commands_change_what_a_running_server_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(
+        dir.path(),
+        &["users", "add", "sam", "--password-stdin"],
+        Some(&format!("{PW}\n")),
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(
+        dir.path(),
+        &["users", "add", "sam", "--password-stdin"],
+        Some(&format!("{PW}\n")),
+    )
+    .await;
+    assert!(!out.status.success(), "duplicate user");
+    let out = run(
+        dir.path(),
+        &["users", "add", "weak", "--password-stdin"],
+        Some("password\n"),
+    )
+    .await;
+    assert!(!out.status.success(), "weak password");
+    let out = run(dir.path(), &["users", "list"], None).await;
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.lines().next().unwrap().contains("USERNAME"));
+    assert!(table.contains("sam"));
+    let out = run(dir.path(), &["users", "list", "--json"], None).await;
+    let users: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(users.as_array().unwrap().len(), 1);
+    assert_eq!(users[0]["username"], "sam");
+
+    let s = Server::start(dir.path(), &["--open-registration", "false"]).await;
+    let c1 = login(&s.base, "sam", PW).await;
+    let c2 = login(&s.base, "sam", PW).await;
+    let out = run(
+        dir.path(),
+        &["sessions", "list", "--user", "sam", "--json"],
+        None,
+    )
+    .await;
+    let sessions: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(sessions.as_array().unwrap().len(), 2);
+    let current: Value = client()
+        .get(s.url("/v1/sessions/current"))
+        .header("cookie", &c1)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id1 = current["session"]["id"].as_str().unwrap();
+    let out = run(dir.path(), &["sessions", "revoke", "--id", id1], None).await;
+    assert!(out.status.success());
+    assert_eq!(me(&s.base, &c1).await, 401, "revoked by id");
+    assert_eq!(me(&s.base, &c2).await, 200);
+
+    let out = run(dir.path(), &["users", "lock", "sam"], None).await;
+    assert!(out.status.success());
+    assert_eq!(me(&s.base, &c2).await, 401, "locking revokes sessions");
+    let res = client()
+        .post(s.url("/v1/sessions"))
+        .json(&json!({"username": "sam", "password": PW}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401, "a locked user cannot log in");
+    assert!(run(dir.path(), &["users", "unlock", "sam"], None)
+        .await
+        .status
+        .success());
+    let c3 = login(&s.base, "sam", PW).await;
+    let out = run(dir.path(), &["sessions", "revoke", "--user", "sam"], None).await;
+    assert!(out.status.success());
+    assert_eq!(me(&s.base, &c3).await, 401, "revoked by user");
+    let c4 = login(&s.base, "sam", PW).await;
+    assert!(run(dir.path(), &["users", "delete", "sam"], None)
+        .await
+        .status
+        .success());
+    assert_eq!(me(&s.base, &c4).await, 401, "deleting revokes sessions");
+    let out = run(dir.path(), &["users", "delete", "sam"], None).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no user named 'sam'"));
+    s.stop().await;
+    assert!(run(dir.path(), &["migrate"], None).await.status.success());
+}
+
+#[tokio::test]
+async fn logs_have_audit_events_and_never_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start(dir.path(), &[]).await;
+    let c = client();
+    let secret_pw = "Very-Secret-Passw0rd-4711";
+    let new_pw = "Another-Secret-Passw0rd-0815";
+    let cookie = register_and_login(&s.base, "quinn", secret_pw).await;
+    let res = c
+        .post(s.url("/v1/sessions"))
+        .json(&json!({"username": "quinn", "password": "Wrong-Guess-Passw0rd-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let res = c
+        .put(s.url("/v1/users/me/password"))
+        .header("cookie", &cookie)
+        .json(&json!({"current_password": secret_pw, "new_password": new_pw}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let renewed = cookie_pair(res.headers(), "keyward").unwrap();
+    let res = c
+        .delete(s.url("/v1/sessions/current"))
+        .header("cookie", &renewed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let res = c
+        .post(s.url("/v1/users"))
+        .body(format!("{{\"username\":\"x\",\"password\":{secret_pw}}}"))
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    // The server logs in order, so once a last request's line is read, all earlier ones are.
+    let _ = c
+        .post(s.url("/v1/sessions"))
+        .json(&json!({"username": "marker-user", "password": "marker-password-1"}))
+        .send()
+        .await
+        .unwrap();
+    let logs = s.wait_for_log("marker-user").await;
+    for event in [
+        "user_created",
+        "login_ok",
+        "login_failed",
+        "password_changed",
+        "logout",
+    ] {
+        assert!(logs.contains(event), "audit event {event} missing");
+    }
+    for secret in [
+        secret_pw,
+        new_pw,
+        "Wrong-Guess-Passw0rd-1",
+        cookie.trim_start_matches("keyward="),
+        renewed.trim_start_matches("keyward="),
+    ] {
+        assert!(!logs.contains(secret), "a secret reached the logs");
+    }
+    s.stop().await;
+}
