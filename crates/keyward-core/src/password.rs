@@ -300,6 +300,8 @@ mod tests {
         assert!(!v.ok);
         let v = h.verify(&pw("correct horse"), None).await.unwrap();
         assert!(!v.ok);
+        // Unknown users are checked against a dummy hash of the same cost.
+        assert!(h.dummy.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
         let v = h
             .verify(&pw("correct horse"), Some("not a phc"))
             .await

@@ -124,6 +124,14 @@ impl Keyward {
             .any(|o| o.eq_ignore_ascii_case(origin))
     }
 
+    /// Whether `origin` is the public URL's own origin.
+    pub fn origin_is_public(&self, origin: &str) -> bool {
+        self.inner
+            .origins
+            .first()
+            .is_some_and(|o| o.eq_ignore_ascii_case(origin))
+    }
+
     /// The client address given the TCP peer and the request headers.
     pub fn resolve_client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         let trusted = |ip: &IpAddr| {

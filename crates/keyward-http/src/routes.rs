@@ -205,6 +205,19 @@ pub(crate) fn local_target(next: Option<&str>, fallback: &str) -> String {
     }
 }
 
+/// The page a form was posted from: the `Referer`'s path and query when it is on this site.
+pub(crate) fn came_from(kw: &Keyward, headers: &HeaderMap) -> Option<String> {
+    let referer = headers.get(header::REFERER)?.to_str().ok()?;
+    let url = url::Url::parse(referer).ok()?;
+    if !kw.origin_is_public(&url.origin().ascii_serialization()) {
+        return None;
+    }
+    Some(match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_owned(),
+    })
+}
+
 // ------------------------------------------------------------------ handlers
 
 async fn create_user(
@@ -248,7 +261,8 @@ async fn login(
     match (result, kind) {
         (Ok(new), BodyKind::Json) => session_created(&kw, &new, StatusCode::CREATED),
         (Ok(new), BodyKind::Form) => {
-            let to = local_target(value.next.as_deref(), "/account");
+            let from = came_from(&kw, &headers);
+            let to = local_target(value.next.as_deref().or(from.as_deref()), "/account");
             (
                 StatusCode::SEE_OTHER,
                 [

@@ -13,13 +13,95 @@ use sqlx::sqlite::{
 };
 use sqlx::Row;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use time::OffsetDateTime;
 
 /// A SQLite database holding users and sessions.
+///
+/// Writes, migrations and every other query go through sqlx. The one read on the hot path
+/// (a session by token hash, once per validated request) goes through [`ReadPool`]: a few
+/// read-only rusqlite connections queried inline. A point read by primary key from SQLite's
+/// page cache costs microseconds of CPU, less than sqlx's hand-off to a connection thread and
+/// back; `docs/benchmarks.md` has the figures.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    readers: Option<Arc<ReadPool>>,
+    path: Option<std::path::PathBuf>,
+}
+
+/// Read-only connections for session look-ups, used inline on the calling thread.
+struct ReadPool {
+    conns: Vec<Mutex<rusqlite::Connection>>,
+    next: AtomicUsize,
+}
+
+impl std::fmt::Debug for ReadPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadPool")
+            .field("connections", &self.conns.len())
+            .finish()
+    }
+}
+
+impl ReadPool {
+    fn open(path: &std::path::Path, n: usize) -> Result<Self, rusqlite::Error> {
+        use rusqlite::OpenFlags;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conns = (0..n.max(1))
+            .map(|_| {
+                let c = rusqlite::Connection::open_with_flags(path, flags)?;
+                // Readers never wait for writers in WAL mode; a short timeout bounds the rare
+                // wait during recovery, after which the sqlx path answers instead.
+                c.busy_timeout(Duration::from_millis(50))?;
+                Ok(Mutex::new(c))
+            })
+            .collect::<Result<Vec<_>, rusqlite::Error>>()?;
+        Ok(Self {
+            conns,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// The session with this hash, or `Err` when the inline path could not answer.
+    fn get(&self, hash: &TokenHash) -> Result<Option<SessionRecord>, ()> {
+        let n = self.conns.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let free = (0..n).find_map(|i| self.conns.get((start + i) % n)?.try_lock().ok());
+        let conn = match free {
+            Some(c) => c,
+            None => self
+                .conns
+                .get(start % n)
+                .ok_or(())?
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        };
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions WHERE token_hash = ?1"
+            ))
+            .map_err(|_| ())?;
+        let mut rows = stmt.query([hash.as_bytes().as_slice()]).map_err(|_| ())?;
+        let Some(row) = rows.next().map_err(|_| ())? else {
+            return Ok(None);
+        };
+        let text = |i: usize| row.get::<_, String>(i).map_err(|_| ());
+        let hash: Vec<u8> = row.get(0).map_err(|_| ())?;
+        Ok(Some(SessionRecord {
+            token_hash: TokenHash::from_slice(&hash).ok_or(())?,
+            id: SessionId::parse(&text(1)?).ok_or(())?,
+            user_id: UserId::parse(&text(2)?).ok_or(())?,
+            username: text(3)?,
+            created_at: from_unix_ms(row.get(4).map_err(|_| ())?),
+            last_seen_at: from_unix_ms(row.get(5).map_err(|_| ())?),
+            expires_at: from_unix_ms(row.get(6).map_err(|_| ())?),
+            ip: row.get(7).map_err(|_| ())?,
+            user_agent: row.get(8).map_err(|_| ())?,
+        }))
+    }
 }
 
 const SESSION_COLUMNS: &str =
@@ -41,6 +123,7 @@ impl SqliteStore {
             })
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5));
+        let path = options.get_filename().to_path_buf();
         let pool = SqlitePoolOptions::new()
             // An in-memory database exists per connection: keep exactly one.
             .max_connections(if memory { 1 } else { 4 })
@@ -59,22 +142,38 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(OpenError::Connect)?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            readers: None,
+            path: (!memory).then_some(path),
+        })
     }
 
     /// Open and bring the schema up to date.
     pub async fn open(url: &str) -> Result<Self, OpenError> {
-        let store = Self::connect(url).await?;
+        let mut store = Self::connect(url).await?;
         store.migrate().await?;
         Ok(store)
     }
 
-    /// Apply pending migrations.
-    pub async fn migrate(&self) -> Result<(), OpenError> {
+    /// Apply pending migrations, then open the inline read connections (they need the schema).
+    pub async fn migrate(&mut self) -> Result<(), OpenError> {
         sqlx::migrate!("./migrations/sqlite")
             .run(&self.pool)
             .await
-            .map_err(OpenError::Migrate)
+            .map_err(OpenError::Migrate)?;
+        if let (Some(path), None) = (&self.path, &self.readers) {
+            let n = std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .max(2);
+            match ReadPool::open(path, n) {
+                Ok(r) => self.readers = Some(Arc::new(r)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "inline SQLite readers unavailable; sessions are read through sqlx")
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Close the pool.
@@ -142,6 +241,9 @@ impl SessionStore for SqliteStore {
     }
 
     async fn get(&self, token_hash: &TokenHash) -> StoreResult<Option<SessionRecord>> {
+        if let Some(found) = self.readers.as_ref().and_then(|r| r.get(token_hash).ok()) {
+            return Ok(found);
+        }
         let row = sqlx::query(&format!(
             "SELECT {SESSION_COLUMNS} FROM sessions WHERE token_hash = ?"
         ))

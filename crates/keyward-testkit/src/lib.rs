@@ -45,6 +45,15 @@ pub async fn sqlite_sessions() -> Fixture<dyn SessionStore> {
     }
 }
 
+/// SQLite in memory as a session store: no inline readers, every query through sqlx.
+pub async fn sqlite_memory_sessions() -> Fixture<dyn SessionStore> {
+    let store = SqliteStore::open("sqlite::memory:").await.unwrap();
+    Fixture {
+        store: Arc::new(store),
+        keep: vec![],
+    }
+}
+
 /// SQLite as a user store.
 pub async fn sqlite_users() -> Fixture<dyn UserStore> {
     let f = sqlite_fixture().await;
@@ -69,6 +78,104 @@ pub enum SessionBackend {
     Sqlite,
     /// In memory.
     Memory,
+    /// In memory, behind a switch that makes every call fail as if the store were down.
+    Switchable,
+}
+
+/// A session store that can be switched off: every call then fails with
+/// `StoreError::Unavailable`, as a store that went away would.
+#[derive(Default)]
+pub struct SwitchableStore {
+    inner: MemorySessionStore,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl SwitchableStore {
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn check(&self) -> keyward_core::StoreResult<()> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(keyward_core::StoreError::Unavailable(
+                "switched off by the test".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl SessionStore for SwitchableStore {
+    async fn create(&self, s: &keyward_core::SessionRecord) -> keyward_core::StoreResult<()> {
+        self.check()?;
+        self.inner.create(s).await
+    }
+    async fn get(
+        &self,
+        h: &keyward_core::TokenHash,
+    ) -> keyward_core::StoreResult<Option<keyward_core::SessionRecord>> {
+        self.check()?;
+        self.inner.get(h).await
+    }
+    async fn touch(
+        &self,
+        h: &keyward_core::TokenHash,
+        at: time::OffsetDateTime,
+    ) -> keyward_core::StoreResult<()> {
+        self.check()?;
+        self.inner.touch(h, at).await
+    }
+    async fn delete(
+        &self,
+        h: &keyward_core::TokenHash,
+    ) -> keyward_core::StoreResult<Option<keyward_core::SessionRecord>> {
+        self.check()?;
+        self.inner.delete(h).await
+    }
+    async fn delete_by_id(
+        &self,
+        id: keyward_core::SessionId,
+        owner: Option<keyward_core::UserId>,
+    ) -> keyward_core::StoreResult<Option<keyward_core::SessionRecord>> {
+        self.check()?;
+        self.inner.delete_by_id(id, owner).await
+    }
+    async fn delete_for_user(
+        &self,
+        u: keyward_core::UserId,
+        keep: Option<keyward_core::SessionId>,
+    ) -> keyward_core::StoreResult<u64> {
+        self.check()?;
+        self.inner.delete_for_user(u, keep).await
+    }
+    async fn list_for_user(
+        &self,
+        u: keyward_core::UserId,
+    ) -> keyward_core::StoreResult<Vec<keyward_core::SessionRecord>> {
+        self.check()?;
+        self.inner.list_for_user(u).await
+    }
+    async fn replace(
+        &self,
+        old: &keyward_core::TokenHash,
+        new: &keyward_core::SessionRecord,
+    ) -> keyward_core::StoreResult<bool> {
+        self.check()?;
+        self.inner.replace(old, new).await
+    }
+    async fn purge_expired(
+        &self,
+        now: time::OffsetDateTime,
+        idle: time::OffsetDateTime,
+    ) -> keyward_core::StoreResult<u64> {
+        self.check()?;
+        self.inner.purge_expired(now, idle).await
+    }
+    async fn ping(&self) -> keyward_core::StoreResult<()> {
+        self.check()
+    }
 }
 
 /// How to build the app under test.
@@ -101,6 +208,8 @@ pub struct TestApp {
     pub keyward: Keyward,
     pub users: DynUserStore,
     pub sessions: DynSessionStore,
+    /// Set when the app was built with [`SessionBackend::Switchable`].
+    pub switch: Option<Arc<SwitchableStore>>,
     pub client: Client,
     server: tokio::task::JoinHandle<()>,
     _dir: TempDir,
@@ -128,9 +237,15 @@ pub async fn spawn_app_with(opts: AppOptions) -> TestApp {
         .await
         .unwrap(),
     );
+    let mut switch = None;
     let sessions: DynSessionStore = match opts.sessions {
         SessionBackend::Sqlite => db.clone(),
         SessionBackend::Memory => Arc::new(MemorySessionStore::new()),
+        SessionBackend::Switchable => {
+            let s = Arc::new(SwitchableStore::default());
+            switch = Some(s.clone());
+            s
+        }
     };
     let users: DynUserStore = db;
     let clock = Arc::new(ManualClock::starting_now());
@@ -170,6 +285,7 @@ pub async fn spawn_app_with(opts: AppOptions) -> TestApp {
         keyward,
         users,
         sessions,
+        switch,
         client: client(),
         server,
         _dir: dir,

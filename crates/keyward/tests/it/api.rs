@@ -702,3 +702,58 @@ async fn openapi_documents_every_route() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_store_outage_answers_503_with_retry_after_and_recovers() {
+    let app = spawn_app_with(AppOptions {
+        sessions: SessionBackend::Switchable,
+        ..Default::default()
+    })
+    .await;
+    let cookie = app.signed_in("oscar", PW).await;
+    let switch = app.switch.clone().unwrap();
+    switch.set_down(true);
+    for res in [
+        app.get_with("/v1/me", &cookie).await,
+        app.get_with("/v1/sessions", &cookie).await,
+        app.login("oscar", PW).await,
+        app.client.get(app.url("/readyz")).send().await.unwrap(),
+    ] {
+        assert_eq!(res.status(), 503);
+        assert!(res.headers().contains_key("retry-after") || res.url().path() == "/readyz");
+    }
+    // Without a cookie there is nothing to look up: still a plain 401.
+    assert_eq!(
+        app.client
+            .get(app.url("/v1/me"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        app.client
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    switch.set_down(false);
+    assert_eq!(
+        app.get_with("/v1/me", &cookie).await.status(),
+        200,
+        "nothing was lost"
+    );
+    assert_eq!(
+        app.client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}

@@ -167,6 +167,26 @@ async fn form_login_redirects_and_form_failures_show_the_page() {
     assert_eq!(res.status(), 303);
     assert_eq!(res.headers()["location"], "/account");
     assert!(keyward_testkit::cookie_pair(res.headers(), "keyward").is_some());
+    // Without `next`, back to the page the form came from (when it is on this site).
+    let res = app
+        .client
+        .post(app.url("/v1/sessions"))
+        .header("referer", format!("{origin}/?from=here"))
+        .form(&[("username", "walt"), ("password", PW)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    assert_eq!(res.headers()["location"], "/?from=here");
+    let res = app
+        .client
+        .post(app.url("/v1/sessions"))
+        .header("referer", "https://elsewhere.example/page")
+        .form(&[("username", "walt"), ("password", PW)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["location"], "/account");
     // An off-site `next` is not followed.
     let res = app
         .client

@@ -18,4 +18,8 @@ mod throttle;
 
 keyward_testkit::session_store_conformance!(memory_session_store, keyward_testkit::memory_sessions);
 keyward_testkit::session_store_conformance!(sqlite_session_store, keyward_testkit::sqlite_sessions);
+keyward_testkit::session_store_conformance!(
+    sqlite_memory_session_store,
+    keyward_testkit::sqlite_memory_sessions
+);
 keyward_testkit::user_store_conformance!(sqlite_user_store, keyward_testkit::sqlite_users);
