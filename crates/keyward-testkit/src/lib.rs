@@ -351,6 +351,16 @@ impl TestApp {
         cookie_pair(res.headers(), "keyward").expect("a session cookie")
     }
 
+    /// DELETE with a cookie header.
+    pub async fn delete_with(&self, path: &str, cookie: &str) -> Response {
+        self.client
+            .delete(self.url(path))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// GET with a cookie header.
     pub async fn get_with(&self, path: &str, cookie: &str) -> Response {
         self.client

@@ -83,13 +83,7 @@ async fn the_whole_story() {
     assert_eq!(v.headers()["x-keyward-username"], "Alice");
 
     // Logout: 204, cookie cleared, Clear-Site-Data, and the old cookie is dead.
-    let res = app
-        .client
-        .delete(app.url("/v1/sessions/current"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let res = app.delete_with("/v1/sessions/current", &cookie).await;
     assert_eq!(res.status(), 204);
     let cleared = set_cookie(res.headers(), "keyward")
         .unwrap()
@@ -452,43 +446,21 @@ async fn sessions_list_revoke_one_and_revoke_others() {
         .unwrap()
         .to_owned();
     let res = app
-        .client
-        .delete(app.url(&format!("/v1/sessions/{mallory_id}")))
-        .header("cookie", &a)
-        .send()
-        .await
-        .unwrap();
+        .delete_with(&format!("/v1/sessions/{mallory_id}"), &a)
+        .await;
     assert_eq!(res.status(), 404);
     assert_eq!(app.get_with("/v1/me", &other).await.status(), 200);
-    let res = app
-        .client
-        .delete(app.url("/v1/sessions/not-a-uuid"))
-        .header("cookie", &a)
-        .send()
-        .await
-        .unwrap();
+    let res = app.delete_with("/v1/sessions/not-a-uuid", &a).await;
     assert_eq!(res.status(), 404);
 
     // Revoke b by id.
-    let res = app
-        .client
-        .delete(app.url(&format!("/v1/sessions/{b_id}")))
-        .header("cookie", &a)
-        .send()
-        .await
-        .unwrap();
+    let res = app.delete_with(&format!("/v1/sessions/{b_id}"), &a).await;
     assert_eq!(res.status(), 204);
     assert_eq!(app.get_with("/v1/me", &b).await.status(), 401);
     assert_eq!(app.get_with("/v1/me", &c).await.status(), 200);
 
     // Revoke the others: c dies, a lives, mallory is untouched.
-    let res = app
-        .client
-        .delete(app.url("/v1/sessions"))
-        .header("cookie", &a)
-        .send()
-        .await
-        .unwrap();
+    let res = app.delete_with("/v1/sessions", &a).await;
     assert_eq!(res.status(), 204);
     assert_eq!(app.get_with("/v1/me", &c).await.status(), 401);
     assert_eq!(app.get_with("/v1/me", &a).await.status(), 200);

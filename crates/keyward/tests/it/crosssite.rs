@@ -88,13 +88,7 @@ async fn cross_site_unsafe_requests_are_refused_and_change_nothing() {
         .await
         .unwrap();
     assert_eq!(res.status(), 204);
-    let res = app
-        .client
-        .delete(app.url("/v1/sessions/current"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let res = app.delete_with("/v1/sessions/current", &cookie).await;
     assert_eq!(res.status(), 204);
     // Safe methods are never refused.
     let res = app
