@@ -5,7 +5,9 @@ use crate::clock::SharedClock;
 use crate::ids::{SessionId, UserId, Username, UsernameError, USERNAME_MAX};
 use crate::password::{self, HashError, PasswordHasher, PolicyError, PASSWORD_MAX};
 use crate::secret::{Password, SessionToken, TokenHash};
-use crate::store::{DynSessionStore, DynUserStore, SessionRecord, StoreError, UserRecord};
+use crate::store::{
+    DynSessionStore, DynTokenStore, DynUserStore, SessionRecord, StoreError, UserRecord,
+};
 use crate::throttle::{LoginThrottle, ThrottleConfig};
 use std::net::IpAddr;
 use time::{Duration, OffsetDateTime};
@@ -122,6 +124,7 @@ pub struct NewSession {
 pub struct AuthService {
     users: DynUserStore,
     sessions: DynSessionStore,
+    tokens: Option<DynTokenStore>,
     hasher: PasswordHasher,
     throttle: LoginThrottle,
     clock: SharedClock,
@@ -153,11 +156,29 @@ impl AuthService {
         Self {
             users,
             sessions,
+            tokens: None,
             hasher,
             throttle,
             clock,
             config,
         }
+    }
+
+    /// Also revoke the user's refresh-token families (and so their access tokens) wherever
+    /// their sessions are revoked: on password change, lock and delete.
+    pub fn with_token_store(mut self, tokens: DynTokenStore) -> Self {
+        self.tokens = Some(tokens);
+        self
+    }
+
+    async fn revoke_token_families(&self, user: UserId) -> Result<(), StoreError> {
+        if let Some(t) = &self.tokens {
+            let n = t.revoke_user_families(user, self.clock.now()).await?;
+            if n > 0 {
+                tracing::info!(target: AUDIT, event = "token_families_revoked", user_id = %user, count = n);
+            }
+        }
+        Ok(())
     }
 
     /// The settings.
@@ -411,6 +432,7 @@ impl AuthService {
         self.sessions
             .delete_for_user(user.id, Some(session.id))
             .await?;
+        self.revoke_token_families(user.id).await?;
         let token = SessionToken::generate().map_err(AuthError::Random)?;
         let now = self.clock.now();
         let renewed = SessionRecord {
@@ -445,6 +467,7 @@ impl AuthService {
         self.users.set_locked(user.id, locked).await?;
         if locked {
             self.sessions.delete_for_user(user.id, None).await?;
+            self.revoke_token_families(user.id).await?;
         }
         tracing::info!(target: AUDIT, event = if locked { "user_locked" } else { "user_unlocked" }, user_id = %user.id);
         Ok(UserRecord { locked, ..user })
@@ -454,6 +477,7 @@ impl AuthService {
     pub async fn delete_user(&self, username: &str) -> AuthResult<UserRecord> {
         let user = self.user_named(username).await?;
         self.sessions.delete_for_user(user.id, None).await?;
+        self.revoke_token_families(user.id).await?;
         self.users.delete_user(user.id).await?;
         // A login racing the delete re-checks the user after creating its session; clear again
         // in case one slipped in between the two calls above.

@@ -19,7 +19,8 @@ pub use memory::MemorySessionStore;
 pub use password::PasswordHasher;
 pub use secret::{Password, SessionToken, TokenHash};
 pub use store::{
-    DynSessionStore, DynUserStore, SessionRecord, SessionStore, StoreError, StoreResult,
+    DynKeyStore, DynSessionStore, DynTokenStore, DynUserStore, KeyStore, RefreshFamily,
+    RotateOutcome, SessionRecord, SessionStore, StoreError, StoreResult, StoredKey, TokenStore,
     UserRecord, UserStore,
 };
 pub use throttle::ThrottleConfig;

@@ -2,7 +2,9 @@
 
 use crate::ids::{SessionId, UserId};
 use crate::secret::TokenHash;
-use crate::store::{SessionRecord, SessionStore, StoreResult};
+use crate::store::{
+    RefreshFamily, RotateOutcome, SessionRecord, SessionStore, StoreResult, TokenStore,
+};
 use async_trait::async_trait;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -12,6 +14,19 @@ use time::OffsetDateTime;
 struct Inner {
     by_hash: HashMap<TokenHash, SessionRecord>,
     by_user: HashMap<UserId, HashSet<TokenHash>>,
+    families: HashMap<SessionId, Family>,
+    refresh: HashMap<TokenHash, Refresh>,
+    denied: HashMap<String, OffsetDateTime>,
+}
+
+struct Family {
+    record: RefreshFamily,
+    revoked: bool,
+}
+
+struct Refresh {
+    family: SessionId,
+    used: bool,
 }
 
 impl Inner {
@@ -154,5 +169,132 @@ impl SessionStore for MemorySessionStore {
 
     async fn ping(&self) -> StoreResult<()> {
         Ok(())
+    }
+}
+
+impl Inner {
+    fn live_family(&self, id: SessionId, now: OffsetDateTime) -> Option<&RefreshFamily> {
+        self.families
+            .get(&id)
+            .filter(|f| !f.revoked && now < f.record.expires_at)
+            .map(|f| &f.record)
+    }
+}
+
+#[async_trait]
+impl TokenStore for MemorySessionStore {
+    async fn create_family(&self, family: &RefreshFamily, first: &TokenHash) -> StoreResult<()> {
+        let mut inner = self.lock();
+        inner.families.insert(
+            family.id,
+            Family {
+                record: family.clone(),
+                revoked: false,
+            },
+        );
+        inner.refresh.insert(
+            *first,
+            Refresh {
+                family: family.id,
+                used: false,
+            },
+        );
+        Ok(())
+    }
+
+    async fn rotate(
+        &self,
+        presented: &TokenHash,
+        next: &TokenHash,
+        now: OffsetDateTime,
+    ) -> StoreResult<RotateOutcome> {
+        let mut inner = self.lock();
+        let Some((family_id, used)) = inner.refresh.get(presented).map(|r| (r.family, r.used))
+        else {
+            return Ok(RotateOutcome::Invalid);
+        };
+        let Some(family) = inner.live_family(family_id, now).cloned() else {
+            return Ok(RotateOutcome::Invalid);
+        };
+        if used {
+            if let Some(f) = inner.families.get_mut(&family_id) {
+                f.revoked = true;
+            }
+            return Ok(RotateOutcome::Reused(family));
+        }
+        if let Some(r) = inner.refresh.get_mut(presented) {
+            r.used = true;
+        }
+        inner.refresh.insert(
+            *next,
+            Refresh {
+                family: family_id,
+                used: false,
+            },
+        );
+        Ok(RotateOutcome::Rotated(family))
+    }
+
+    async fn family_of(
+        &self,
+        token: &TokenHash,
+        now: OffsetDateTime,
+    ) -> StoreResult<Option<RefreshFamily>> {
+        let inner = self.lock();
+        Ok(inner
+            .refresh
+            .get(token)
+            .filter(|r| !r.used)
+            .and_then(|r| inner.live_family(r.family, now))
+            .cloned())
+    }
+
+    async fn revoke_family(&self, family: SessionId, _now: OffsetDateTime) -> StoreResult<bool> {
+        let mut inner = self.lock();
+        Ok(match inner.families.get_mut(&family) {
+            Some(f) if !f.revoked => {
+                f.revoked = true;
+                true
+            }
+            _ => false,
+        })
+    }
+
+    async fn revoke_user_families(&self, user: UserId, _now: OffsetDateTime) -> StoreResult<u64> {
+        let mut inner = self.lock();
+        let mut n = 0;
+        for f in inner
+            .families
+            .values_mut()
+            .filter(|f| f.record.user_id == user && !f.revoked)
+        {
+            f.revoked = true;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    async fn deny(&self, jti: &str, until: OffsetDateTime) -> StoreResult<()> {
+        self.lock().denied.insert(jti.to_owned(), until);
+        Ok(())
+    }
+
+    async fn is_denied(&self, jti: &str, sid: SessionId, now: OffsetDateTime) -> StoreResult<bool> {
+        let inner = self.lock();
+        let jti_denied = inner.denied.get(jti).is_some_and(|until| now < *until);
+        Ok(jti_denied || inner.families.get(&sid).is_some_and(|f| f.revoked))
+    }
+
+    async fn purge_tokens(&self, now: OffsetDateTime) -> StoreResult<u64> {
+        let mut inner = self.lock();
+        let before = inner.denied.len() + inner.families.len() + inner.refresh.len();
+        inner.denied.retain(|_, until| now < *until);
+        inner.families.retain(|_, f| now < f.record.expires_at);
+        let Inner {
+            families, refresh, ..
+        } = &mut *inner;
+        refresh.retain(|_, r| families.contains_key(&r.family));
+        let after = inner.denied.len() + inner.families.len() + inner.refresh.len();
+        Ok((before - after) as u64)
     }
 }

@@ -158,3 +158,110 @@ pub trait UserStore: Send + Sync + 'static {
 pub type DynSessionStore = Arc<dyn SessionStore>;
 /// Shared handle to a user store.
 pub type DynUserStore = Arc<dyn UserStore>;
+
+/// A refresh-token family: every refresh token that descends from one password grant.
+/// Its id is the `sid` of the access tokens issued from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshFamily {
+    /// Family id (`sid` in access tokens).
+    pub id: SessionId,
+    /// Owner.
+    pub user_id: UserId,
+    /// Owner's username.
+    pub username: String,
+    /// When the password grant happened.
+    pub created_at: OffsetDateTime,
+    /// Absolute end of the family (`--refresh-token-ttl` after the grant).
+    pub expires_at: OffsetDateTime,
+}
+
+/// What presenting a refresh token did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RotateOutcome {
+    /// The token was live and unused: it is now used, and `next` is stored in its place.
+    Rotated(RefreshFamily),
+    /// The token was already used: the whole family is now revoked (reuse detection).
+    Reused(RefreshFamily),
+    /// Unknown token, or its family is revoked or past its absolute expiry.
+    Invalid,
+}
+
+/// Refresh tokens (an allow list of hashes, grouped in families) and the deny list of access
+/// tokens. Lives in the session store so every node sees the same lists.
+#[async_trait]
+pub trait TokenStore: Send + Sync + 'static {
+    /// Store a new family with its first refresh token.
+    async fn create_family(&self, family: &RefreshFamily, first: &TokenHash) -> StoreResult<()>;
+
+    /// Atomically use `presented` and store `next` in the same family. Exactly one of
+    /// several concurrent calls with the same token rotates; the others see it used.
+    async fn rotate(
+        &self,
+        presented: &TokenHash,
+        next: &TokenHash,
+        now: OffsetDateTime,
+    ) -> StoreResult<RotateOutcome>;
+
+    /// The family of a refresh token that is live and unused (for introspection/revocation).
+    async fn family_of(
+        &self,
+        token: &TokenHash,
+        now: OffsetDateTime,
+    ) -> StoreResult<Option<RefreshFamily>>;
+
+    /// Revoke a family (its refresh tokens stop working, its access tokens are denied).
+    async fn revoke_family(&self, family: SessionId, now: OffsetDateTime) -> StoreResult<bool>;
+
+    /// Revoke every family of a user; returns how many.
+    async fn revoke_user_families(&self, user: UserId, now: OffsetDateTime) -> StoreResult<u64>;
+
+    /// Deny an access token's `jti` until `until` (its expiry).
+    async fn deny(&self, jti: &str, until: OffsetDateTime) -> StoreResult<()>;
+
+    /// Whether an access token is denied: its `jti` is on the deny list, or its family `sid`
+    /// is revoked. One look-up.
+    async fn is_denied(&self, jti: &str, sid: SessionId, now: OffsetDateTime) -> StoreResult<bool>;
+
+    /// Remove expired families, tokens and deny-list entries.
+    async fn purge_tokens(&self, now: OffsetDateTime) -> StoreResult<u64>;
+}
+
+/// Shared handle to a token store.
+pub type DynTokenStore = Arc<dyn TokenStore>;
+
+/// A signing key as stored: the private key sealed (encrypted) with the key-encryption key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    /// Key id (`kid`).
+    pub kid: String,
+    /// JOSE algorithm name (`EdDSA`, `ES256`, `RS256`).
+    pub alg: String,
+    /// The PKCS#8 private key, sealed with AES-256-GCM.
+    pub sealed_private: Vec<u8>,
+    /// When it was made; the newest key signs.
+    pub created_at: OffsetDateTime,
+}
+
+impl std::fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("created_at", &self.created_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where signing keys live (the database).
+#[async_trait]
+pub trait KeyStore: Send + Sync + 'static {
+    /// Every key, oldest first.
+    async fn list_keys(&self) -> StoreResult<Vec<StoredKey>>;
+    /// Add a key.
+    async fn insert_key(&self, key: &StoredKey) -> StoreResult<()>;
+    /// Remove a key that no live token can be signed with any more.
+    async fn delete_key(&self, kid: &str) -> StoreResult<bool>;
+}
+
+/// Shared handle to a key store.
+pub type DynKeyStore = Arc<dyn KeyStore>;

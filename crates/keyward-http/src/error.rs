@@ -21,6 +21,9 @@ pub enum ApiError {
     /// No valid credentials (401 with `WWW-Authenticate`).
     #[error("authentication required")]
     Unauthorized,
+    /// A bearer token that is not valid (401 with `error="invalid_token"`).
+    #[error("the access token is invalid, expired or revoked")]
+    InvalidToken,
     /// A login failed: unknown user, wrong password or locked account alike (401).
     #[error("invalid username or password")]
     InvalidCredentials,
@@ -73,7 +76,9 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::Unauthorized | Self::InvalidCredentials => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized | Self::InvalidCredentials | Self::InvalidToken => {
+                StatusCode::UNAUTHORIZED
+            }
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -134,6 +139,14 @@ impl IntoResponse for ApiError {
                 h.insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static(WWW_AUTHENTICATE),
+                );
+            }
+            Self::InvalidToken => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        "Bearer realm=\"keyward\", error=\"invalid_token\", error_description=\"the access token is invalid, expired or revoked\"",
+                    ),
                 );
             }
             Self::TooManyRequests { retry_after } => {

@@ -98,6 +98,62 @@ impl<S: Send + Sync> FromRequestParts<S> for MaybeSession {
     }
 }
 
+/// Who is calling: a user signed in with the session cookie, or holding a bearer access token.
+/// A request with `Authorization: Bearer` is judged by the token alone (401 with
+/// `error="invalid_token"` when it is not valid); otherwise by the cookie.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// Cookie session.
+    Session(CurrentSession),
+    /// Bearer access token.
+    Bearer(keyward_token::AccessClaims),
+}
+
+impl Principal {
+    /// The user's id.
+    pub fn user_id(&self) -> String {
+        match self {
+            Self::Session(s) => s.session.user_id.to_string(),
+            Self::Bearer(c) => c.sub.clone(),
+        }
+    }
+
+    /// The user's name.
+    pub fn username(&self) -> &str {
+        match self {
+            Self::Session(s) => &s.session.username,
+            Self::Bearer(c) => &c.preferred_username,
+        }
+    }
+}
+
+/// The token of an `Authorization: Bearer` header, if the request has one.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if let Some(token) = bearer_token(&parts.headers) {
+            let kw = keyward_from(parts)?;
+            let Some(tokens) = kw.tokens() else {
+                return Err(ApiError::InvalidToken);
+            };
+            return match tokens.authenticate(token).await? {
+                Some(claims) => Ok(Self::Bearer(claims)),
+                None => Err(ApiError::InvalidToken),
+            };
+        }
+        Ok(Self::Session(
+            CurrentSession::from_request_parts(parts, state).await?,
+        ))
+    }
+}
+
 /// The client's address: the TCP peer, or, when the peer is a trusted proxy, the nearest
 /// address in `X-Forwarded-For` that is not itself a trusted proxy.
 #[derive(Debug, Clone, Copy)]

@@ -45,7 +45,13 @@ pub(crate) fn cross_site_refusal(
     path: &str,
     headers: &HeaderMap,
 ) -> Option<String> {
-    if !is_unsafe(method) || has_bearer(headers) || path == "/v1/verify" {
+    // Bearer requests carry no ambient credential; the token endpoints take no cookie; verify
+    // only reports who the caller is.
+    if !is_unsafe(method)
+        || has_bearer(headers)
+        || path == "/v1/verify"
+        || path.starts_with("/v1/token")
+    {
         return None;
     }
     // Cookie-authenticated requests, and form posts (which browsers send cross-site without

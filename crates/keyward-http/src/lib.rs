@@ -12,15 +12,17 @@ pub mod error;
 pub mod extract;
 mod guard;
 pub mod metrics;
+mod oauth;
 mod pages;
 mod routes;
 
 pub use error::ApiError;
-pub use extract::{ClientAddr, CurrentSession, MaybeSession};
+pub use extract::{ClientAddr, CurrentSession, MaybeSession, Principal};
 
 use axum::http::HeaderMap;
 use ipnet::IpNet;
 use keyward_core::AuthService;
+use keyward_token::TokenService;
 use std::net::IpAddr;
 use std::sync::Arc;
 use url::Url;
@@ -35,6 +37,8 @@ pub struct HttpConfig {
     pub allowed_origins: Vec<Url>,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// The bearer secret that protects token introspection (`None`: introspection refused).
+    pub introspection_token: Option<String>,
 }
 
 impl HttpConfig {
@@ -44,12 +48,14 @@ impl HttpConfig {
             public_url,
             allowed_origins: Vec::new(),
             trusted_proxies: Vec::new(),
+            introspection_token: None,
         }
     }
 }
 
 struct Inner {
-    auth: AuthService,
+    auth: Arc<AuthService>,
+    tokens: Option<Arc<TokenService>>,
     config: HttpConfig,
     origins: Vec<String>,
     cookie_name: &'static str,
@@ -75,8 +81,13 @@ pub const COOKIE_NAME: &str = "keyward";
 pub const SECURE_COOKIE_NAME: &str = "__Host-keyward";
 
 impl Keyward {
-    /// Put the service behind HTTP.
-    pub fn new(auth: AuthService, config: HttpConfig) -> Self {
+    /// Put the services behind HTTP. Without a token service, bearer tokens are refused and
+    /// the token endpoints answer 404.
+    pub fn new(
+        auth: Arc<AuthService>,
+        tokens: Option<Arc<TokenService>>,
+        config: HttpConfig,
+    ) -> Self {
         let origins = std::iter::once(&config.public_url)
             .chain(config.allowed_origins.iter())
             .map(|u| u.origin().ascii_serialization())
@@ -89,6 +100,7 @@ impl Keyward {
         Self {
             inner: Arc::new(Inner {
                 auth,
+                tokens,
                 config,
                 origins,
                 cookie_name,
@@ -99,6 +111,11 @@ impl Keyward {
     /// The service.
     pub fn auth(&self) -> &AuthService {
         &self.inner.auth
+    }
+
+    /// The token service, when tokens are enabled.
+    pub fn tokens(&self) -> Option<&Arc<TokenService>> {
+        self.inner.tokens.as_ref()
     }
 
     /// The settings.

@@ -1,7 +1,9 @@
 //! The JSON API and operations routes, and the router that puts everything together.
 
 use crate::error::ApiError;
-use crate::extract::{user_agent, BodyKind, ClientAddr, CurrentSession, Input, JsonBody};
+use crate::extract::{
+    user_agent, BodyKind, ClientAddr, CurrentSession, Input, JsonBody, Principal,
+};
 use crate::{guard, metrics as kw_metrics, pages, Keyward};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -43,6 +45,7 @@ pub(crate) fn router(kw: &Keyward) -> Router {
             }),
         )
         .route("/openapi.json", get(openapi))
+        .merge(crate::oauth::routes())
         .merge(pages::routes())
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -380,25 +383,23 @@ struct Me {
     username: String,
 }
 
-async fn me(cs: CurrentSession) -> Json<Me> {
+async fn me(p: Principal) -> Json<Me> {
     Json(Me {
-        id: cs.session.user_id.to_string(),
-        username: cs.session.username,
+        id: p.user_id(),
+        username: p.username().to_owned(),
     })
 }
 
-async fn verify(cs: CurrentSession) -> Response {
-    let id = cs.session.user_id.to_string();
+async fn verify(p: Principal) -> Response {
+    let id = p.user_id();
+    let name = p.username().to_owned();
     let mut res = Json(Me {
         id: id.clone(),
-        username: cs.session.username.clone(),
+        username: name.clone(),
     })
     .into_response();
     let h = res.headers_mut();
-    if let (Ok(id), Ok(name)) = (
-        HeaderValue::from_str(&id),
-        HeaderValue::from_str(&cs.session.username),
-    ) {
+    if let (Ok(id), Ok(name)) = (HeaderValue::from_str(&id), HeaderValue::from_str(&name)) {
         h.insert("x-keyward-user-id", id);
         h.insert("x-keyward-username", name);
     }

@@ -6,10 +6,21 @@
 #![deny(missing_docs)]
 
 mod sqlite;
+mod tokens;
 
 pub use sqlite::SqliteStore;
 
 use keyward_core::StoreError;
+
+/// The file behind a `sqlite://` URL; `None` for in-memory databases and other URLs.
+pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    use std::str::FromStr;
+    if !url.starts_with("sqlite:") || url.contains(":memory:") || url.contains("mode=memory") {
+        return None;
+    }
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url).ok()?;
+    Some(options.get_filename().to_path_buf())
+}
 
 /// Errors opening or migrating a database.
 #[derive(Debug, thiserror::Error)]

@@ -176,6 +176,11 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// The sqlx pool.
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     /// Close the pool.
     pub async fn close(&self) {
         self.pool.close().await;

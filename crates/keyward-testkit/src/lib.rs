@@ -11,12 +11,14 @@
 
 pub mod conformance;
 
+use keyward_core::DynTokenStore;
 use keyward_core::{
     AuthConfig, AuthService, DynSessionStore, DynUserStore, ManualClock, MemorySessionStore,
     PasswordHasher, SessionStore, UserStore,
 };
 use keyward_http::{HttpConfig, Keyward};
 use keyward_sql::SqliteStore;
+use keyward_token::{Kek, SigningAlg, TokenConfig, TokenService};
 use reqwest::header::{HeaderMap, SET_COOKIE};
 use reqwest::{Client, Response};
 use std::net::SocketAddr;
@@ -187,6 +189,10 @@ pub struct AppOptions {
     pub public_url: Option<String>,
     pub allowed_origins: Vec<String>,
     pub trusted_proxies: Vec<String>,
+    pub access_ttl: time::Duration,
+    pub refresh_ttl: time::Duration,
+    pub algorithm: SigningAlg,
+    pub introspection_token: Option<String>,
 }
 
 impl Default for AppOptions {
@@ -197,9 +203,16 @@ impl Default for AppOptions {
             public_url: None,
             allowed_origins: vec![],
             trusted_proxies: vec![],
+            access_ttl: time::Duration::minutes(15),
+            refresh_ttl: time::Duration::days(30),
+            algorithm: SigningAlg::EdDSA,
+            introspection_token: Some(INTROSPECTION_TOKEN.to_owned()),
         }
     }
 }
+
+/// The introspection secret of apps built by `spawn_app`.
+pub const INTROSPECTION_TOKEN: &str = "introspection-secret-for-tests";
 
 /// A running keyward on a free loopback port.
 pub struct TestApp {
@@ -208,6 +221,8 @@ pub struct TestApp {
     pub keyward: Keyward,
     pub users: DynUserStore,
     pub sessions: DynSessionStore,
+    pub token_store: DynTokenStore,
+    pub tokens: Arc<TokenService>,
     /// Set when the app was built with [`SessionBackend::Switchable`].
     pub switch: Option<Arc<SwitchableStore>>,
     pub client: Client,
@@ -238,27 +253,50 @@ pub async fn spawn_app_with(opts: AppOptions) -> TestApp {
         .unwrap(),
     );
     let mut switch = None;
-    let sessions: DynSessionStore = match opts.sessions {
-        SessionBackend::Sqlite => db.clone(),
-        SessionBackend::Memory => Arc::new(MemorySessionStore::new()),
+    let (sessions, token_store): (DynSessionStore, DynTokenStore) = match opts.sessions {
+        SessionBackend::Sqlite => (db.clone(), db.clone()),
+        SessionBackend::Memory => {
+            let m = Arc::new(MemorySessionStore::new());
+            (m.clone(), m)
+        }
         SessionBackend::Switchable => {
             let s = Arc::new(SwitchableStore::default());
             switch = Some(s.clone());
-            s
+            (s, Arc::new(MemorySessionStore::new()))
         }
     };
-    let users: DynUserStore = db;
+    let users: DynUserStore = db.clone();
     let clock = Arc::new(ManualClock::starting_now());
-    let auth = AuthService::new(
-        users.clone(),
-        sessions.clone(),
-        PasswordHasher::new(None).unwrap(),
-        clock.clone(),
-        opts.auth,
+    let auth = Arc::new(
+        AuthService::new(
+            users.clone(),
+            sessions.clone(),
+            PasswordHasher::new(None).unwrap(),
+            clock.clone(),
+            opts.auth,
+        )
+        .with_token_store(token_store.clone()),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let public = opts.public_url.unwrap_or_else(|| format!("http://{addr}"));
+    let tokens = Arc::new(
+        TokenService::new(
+            auth.clone(),
+            token_store.clone(),
+            db,
+            Kek::generate().unwrap(),
+            TokenConfig {
+                issuer: public.trim_end_matches('/').to_owned(),
+                audience: "keyward".into(),
+                access_ttl: opts.access_ttl,
+                refresh_ttl: opts.refresh_ttl,
+                algorithm: opts.algorithm,
+            },
+        )
+        .await
+        .unwrap(),
+    );
     let http = HttpConfig {
         public_url: public.parse().unwrap(),
         allowed_origins: opts
@@ -271,8 +309,9 @@ pub async fn spawn_app_with(opts: AppOptions) -> TestApp {
             .iter()
             .map(|p| p.parse().unwrap())
             .collect(),
+        introspection_token: opts.introspection_token,
     };
-    let keyward = Keyward::new(auth, http);
+    let keyward = Keyward::new(auth, Some(tokens.clone()), http);
     let app = keyward
         .router()
         .into_make_service_with_connect_info::<SocketAddr>();
@@ -285,6 +324,8 @@ pub async fn spawn_app_with(opts: AppOptions) -> TestApp {
         keyward,
         users,
         sessions,
+        token_store,
+        tokens,
         switch,
         client: client(),
         server,

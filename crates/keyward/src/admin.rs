@@ -73,7 +73,74 @@ async fn service(settings: &Settings) -> anyhow::Result<AuthService> {
         hasher,
         Arc::new(SystemClock),
         auth_config(settings),
-    ))
+    )
+    .with_token_store(stores.tokens))
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// List the signing keys: the newest signs, older ones verify until their tokens expire.
+    List,
+    /// Add a new signing key (with --token-algorithm); running servers use it within a minute.
+    Rotate,
+}
+
+pub async fn keys(cmd: KeysCommand, settings: &Settings, json: bool) -> anyhow::Result<()> {
+    let stores = stores::open(settings).await?;
+    let now = keyward_core::Clock::now(&SystemClock);
+    if let KeysCommand::Rotate = cmd {
+        let kek = stores::key_encryption_key(settings)?;
+        let alg = crate::serve::token_config(settings).algorithm;
+        let key = keyward_token::keys::generate(alg, &kek, now)?;
+        stores.keys.insert_key(&key).await?;
+        if json {
+            println!(
+                "{}",
+                json!({"kid": key.kid, "alg": key.alg, "created_at": ts(key.created_at)})
+            );
+        } else {
+            println!(
+                "new signing key {} ({}); servers sign with it within a minute",
+                key.kid, key.alg
+            );
+        }
+        return Ok(());
+    }
+    let list = stores.keys.list_keys().await?;
+    let ttl = crate::serve::dur(settings.access_token_ttl);
+    let created: Vec<OffsetDateTime> = list.iter().map(|k| k.created_at).collect();
+    let status = |i: usize| {
+        if keyward_token::keys::is_retired(&created, i, now, ttl) {
+            "retired"
+        } else if i + 1 == list.len() {
+            "signing"
+        } else {
+            "verifying"
+        }
+    };
+    if json {
+        let v: Vec<serde_json::Value> = list
+            .iter()
+            .enumerate()
+            .map(|(i, k)| json!({"kid": k.kid, "alg": k.alg, "created_at": ts(k.created_at), "status": status(i)}))
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+    } else {
+        let rows: Vec<Vec<String>> = list
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                vec![
+                    k.kid.clone(),
+                    k.alg.clone(),
+                    ts(k.created_at),
+                    status(i).to_owned(),
+                ]
+            })
+            .collect();
+        print_table(&["KID", "ALG", "CREATED", "STATUS"], &rows);
+    }
+    Ok(())
 }
 
 fn ts(t: OffsetDateTime) -> String {

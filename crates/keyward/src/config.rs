@@ -171,6 +171,16 @@ pub struct SettingsArgs {
     /// Proxies whose X-Forwarded-For is believed (comma-separated addresses or CIDRs).
     #[arg(long, env = "KEYWARD_TRUSTED_PROXIES", value_name = "LIST", value_delimiter = ',', value_parser = parse_net, global = true)]
     pub trusted_proxies: Option<Vec<IpNet>>,
+    /// Key that seals signing keys at rest: 32 bytes, base64url [default: generated once into
+    /// <database file>.kek, mode 0600, for SQLite].
+    #[arg(
+        long,
+        env = "KEYWARD_KEY_ENCRYPTION_KEY",
+        value_name = "KEY",
+        hide_env_values = true,
+        global = true
+    )]
+    pub key_encryption_key: Option<String>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "KEYWARD_LOG_FORMAT", value_name = "FORMAT", global = true)]
     pub log_format: Option<LogFormat>,
@@ -222,6 +232,7 @@ struct FileSettings {
     open_registration: Option<bool>,
     token_algorithm: Option<String>,
     introspection_token: Option<String>,
+    key_encryption_key: Option<String>,
     trusted_proxies: Option<StringOrList>,
     log_format: Option<String>,
     login_max_failures_per_account: Option<u32>,
@@ -265,19 +276,16 @@ pub struct Settings {
     pub allowed_origins: Vec<Url>,
     pub idle_timeout: Duration,
     pub absolute_timeout: Duration,
-    #[allow(dead_code)] // validated now; the token service reads it
     pub access_token_ttl: Duration,
-    #[allow(dead_code)] // validated now; the token service reads it
     pub refresh_token_ttl: Duration,
-    #[allow(dead_code)] // validated now; the token service reads it
     pub issuer: String,
-    #[allow(dead_code)] // validated now; the token service reads it
+    /// True when no setting named the issuer: it follows the public URL.
+    pub issuer_derived: bool,
     pub audience: String,
     pub open_registration: bool,
-    #[allow(dead_code)] // validated now; the token service reads it
     pub token_algorithm: TokenAlgorithm,
-    #[allow(dead_code)] // validated now; the token service reads it
     pub introspection_token: Option<String>,
+    pub key_encryption_key: Option<String>,
     pub trusted_proxies: Vec<IpNet>,
     pub log_format: LogFormat,
     pub login_max_failures_per_account: u32,
@@ -436,11 +444,22 @@ impl Settings {
             file.login_failure_window.as_deref(),
             Duration::from_secs(15 * MIN),
         )?;
-        let issuer = args
-            .issuer
-            .clone()
-            .or(file.issuer)
-            .unwrap_or_else(|| public_url.as_str().trim_end_matches('/').to_owned());
+        let issuer_given = args.issuer.clone().or(file.issuer);
+        let issuer_derived = issuer_given.is_none();
+        let issuer =
+            issuer_given.unwrap_or_else(|| public_url.as_str().trim_end_matches('/').to_owned());
+        if issuer.trim().is_empty() {
+            return Err(bad("issuer", "must not be empty"));
+        }
+        let key_encryption_key = args.key_encryption_key.clone().or(file.key_encryption_key);
+        if let Some(k) = &key_encryption_key {
+            if keyward_token::Kek::parse(k).is_none() {
+                return Err(bad(
+                    "key-encryption-key",
+                    "must be 32 bytes in base64url (43 characters)",
+                ));
+            }
+        }
         let audience = args
             .audience
             .clone()
@@ -519,6 +538,7 @@ impl Settings {
             access_token_ttl,
             refresh_token_ttl,
             issuer,
+            issuer_derived,
             audience,
             open_registration: args
                 .open_registration
@@ -526,6 +546,7 @@ impl Settings {
                 .unwrap_or(true),
             token_algorithm,
             introspection_token,
+            key_encryption_key,
             trusted_proxies,
             log_format,
             login_max_failures_per_account: per_account,

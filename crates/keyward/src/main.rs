@@ -33,6 +33,9 @@ enum Command {
     /// Inspect and revoke sessions.
     #[command(subcommand)]
     Sessions(admin::SessionsCommand),
+    /// Manage token signing keys.
+    #[command(subcommand)]
+    Keys(admin::KeysCommand),
     /// Create or update the database schema, then exit.
     Migrate,
 }
@@ -100,6 +103,7 @@ async fn run(command: Command, settings: Settings, json: bool) -> Result<(), Fai
         }
         Command::Users(cmd) => admin::users(cmd, &settings, json).await?,
         Command::Sessions(cmd) => admin::sessions(cmd, &settings, json).await?,
+        Command::Keys(cmd) => admin::keys(cmd, &settings, json).await?,
     }
     Ok(())
 }

@@ -1,12 +1,13 @@
 //! `keyward serve`.
 
-use crate::config::{LogFormat, Settings};
+use crate::config::{LogFormat, Settings, TokenAlgorithm};
 use crate::stores;
 use anyhow::Context;
 use keyward_core::{
     AuthConfig, AuthService, PasswordHasher, SharedClock, SystemClock, ThrottleConfig,
 };
 use keyward_http::{HttpConfig, Keyward};
+use keyward_token::{SigningAlg, TokenConfig, TokenService};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tracing_subscriber::EnvFilter;
@@ -44,6 +45,21 @@ pub fn auth_config(settings: &Settings) -> AuthConfig {
     }
 }
 
+/// The token configuration the settings describe.
+pub fn token_config(settings: &Settings) -> TokenConfig {
+    TokenConfig {
+        issuer: settings.issuer.clone(),
+        audience: settings.audience.clone(),
+        access_ttl: dur(settings.access_token_ttl),
+        refresh_ttl: dur(settings.refresh_token_ttl),
+        algorithm: match settings.token_algorithm {
+            TokenAlgorithm::EdDSA => SigningAlg::EdDSA,
+            TokenAlgorithm::ES256 => SigningAlg::ES256,
+            TokenAlgorithm::RS256 => SigningAlg::RS256,
+        },
+    }
+}
+
 /// Run the server until SIGINT or SIGTERM.
 pub async fn serve(mut settings: Settings) -> anyhow::Result<()> {
     init_logs(settings.log_format);
@@ -55,34 +71,67 @@ pub async fn serve(mut settings: Settings) -> anyhow::Result<()> {
         // Port 0 or an unspecified address: the origin browsers will send is the bound one.
         settings.public_url = crate::config::default_public_url(addr, true)?;
     }
+    if settings.issuer_derived {
+        settings.issuer = settings
+            .public_url
+            .as_str()
+            .trim_end_matches('/')
+            .to_owned();
+    }
     let stores = stores::open(&settings).await?;
+    let kek = stores::key_encryption_key(&settings)?;
     let clock: SharedClock = Arc::new(SystemClock);
     let hasher =
         PasswordHasher::new(settings.hash_concurrency).context("starting the password hasher")?;
-    let auth = AuthService::new(
-        stores.users,
-        stores.sessions,
-        hasher,
-        clock,
-        auth_config(&settings),
+    let auth = Arc::new(
+        AuthService::new(
+            stores.users,
+            stores.sessions,
+            hasher,
+            clock,
+            auth_config(&settings),
+        )
+        .with_token_store(stores.tokens.clone()),
+    );
+    let tokens = Arc::new(
+        TokenService::new(
+            auth.clone(),
+            stores.tokens,
+            stores.keys,
+            kek,
+            token_config(&settings),
+        )
+        .await
+        .context("loading the signing keys")?,
     );
     let http = HttpConfig {
         public_url: settings.public_url.clone(),
         allowed_origins: settings.allowed_origins.clone(),
         trusted_proxies: settings.trusted_proxies.clone(),
+        introspection_token: settings.introspection_token.clone(),
     };
-    let kw = Keyward::new(auth, http);
-    tracing::info!(%addr, public_url = %settings.public_url, database = %redact_url(&settings.database), session_store = %redact_url(&settings.session_store), "keyward listening");
+    let kw = Keyward::new(auth, Some(tokens), http);
+    tracing::info!(%addr, public_url = %settings.public_url, issuer = %settings.issuer, database = %redact_url(&settings.database), session_store = %redact_url(&settings.session_store), "keyward listening");
 
-    let purger = kw.clone();
+    // Once a minute: drop what has expired, and pick up signing keys rotated elsewhere.
+    let background = kw.clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+        every.tick().await;
         loop {
             every.tick().await;
-            match purger.auth().purge_expired().await {
+            match background.auth().purge_expired().await {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(purged = n, "expired sessions removed"),
                 Err(e) => tracing::warn!(error = %e, "purging expired sessions failed"),
+            }
+            if let Some(t) = background.tokens() {
+                if let Err(e) = t.purge().await {
+                    tracing::warn!(error = %e, "purging expired tokens failed");
+                }
+                if let Err(e) = t.reload_keys().await {
+                    tracing::warn!(error = %e, "reloading signing keys failed");
+                }
             }
         }
     });

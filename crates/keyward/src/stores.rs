@@ -1,14 +1,20 @@
 //! Opening the stores the settings name.
 
 use crate::config::{ConfigError, Settings};
-use keyward_core::{DynSessionStore, DynUserStore, MemorySessionStore};
+use keyward_core::{DynKeyStore, DynSessionStore, DynTokenStore, DynUserStore, MemorySessionStore};
 use keyward_sql::SqliteStore;
+use keyward_token::Kek;
+use std::io::Write;
 use std::sync::Arc;
 
 /// The opened stores.
 pub struct Stores {
     pub users: DynUserStore,
     pub sessions: DynSessionStore,
+    /// Refresh tokens and the deny list: beside the sessions.
+    pub tokens: DynTokenStore,
+    /// Signing keys: in the database.
+    pub keys: DynKeyStore,
 }
 
 fn open_error(setting: &str, e: impl std::fmt::Display) -> ConfigError {
@@ -20,22 +26,72 @@ fn open_error(setting: &str, e: impl std::fmt::Display) -> ConfigError {
 
 /// Open (and migrate) the users database and the session store.
 pub async fn open(settings: &Settings) -> Result<Stores, ConfigError> {
-    let db = SqliteStore::open(&settings.database)
-        .await
-        .map_err(|e| open_error("database", e))?;
-    let db = Arc::new(db);
-    let sessions: DynSessionStore = if settings.session_store == settings.database {
-        db.clone()
-    } else if settings.session_store == "memory" {
-        Arc::new(MemorySessionStore::new())
-    } else {
-        let s = SqliteStore::open(&settings.session_store)
+    let db = Arc::new(
+        SqliteStore::open(&settings.database)
             .await
-            .map_err(|e| open_error("session-store", e))?;
-        Arc::new(s)
-    };
+            .map_err(|e| open_error("database", e))?,
+    );
+    let (sessions, tokens): (DynSessionStore, DynTokenStore) =
+        if settings.session_store == settings.database {
+            (db.clone(), db.clone())
+        } else if settings.session_store == "memory" {
+            let m = Arc::new(MemorySessionStore::new());
+            (m.clone(), m)
+        } else {
+            let s = Arc::new(
+                SqliteStore::open(&settings.session_store)
+                    .await
+                    .map_err(|e| open_error("session-store", e))?,
+            );
+            (s.clone(), s)
+        };
     Ok(Stores {
-        users: db,
+        users: db.clone(),
         sessions,
+        tokens,
+        keys: db,
     })
+}
+
+/// The key-encryption key: the setting, or for SQLite a file beside the database
+/// (`<database>.kek`, created once with mode 0600), so that a copy of the database alone
+/// does not hold usable signing keys.
+pub fn key_encryption_key(settings: &Settings) -> Result<Kek, ConfigError> {
+    let bad = |m: String| ConfigError {
+        setting: "--key-encryption-key".into(),
+        message: m,
+    };
+    if let Some(text) = &settings.key_encryption_key {
+        return Kek::parse(text)
+            .ok_or_else(|| bad("must be 32 bytes in base64url (43 characters)".into()));
+    }
+    let Some(db) = keyward_sql::sqlite_file(&settings.database) else {
+        return Err(bad("required when the database is not a SQLite file".into()));
+    };
+    let mut path = db.into_os_string();
+    path.push(".kek");
+    let path = std::path::PathBuf::from(path);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Kek::parse(&text)
+            .ok_or_else(|| bad(format!("{} does not hold a valid key", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let kek = Kek::generate().map_err(|e| bad(e.to_string()))?;
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let mut f = match opts.open(&path) {
+                Ok(f) => f,
+                // Another process created it first: use theirs.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return key_encryption_key(settings)
+                }
+                Err(e) => return Err(bad(format!("cannot create {}: {e}", path.display()))),
+            };
+            f.write_all(kek.to_text().as_bytes())
+                .map_err(|e| bad(format!("cannot write {}: {e}", path.display())))?;
+            Ok(kek)
+        }
+        Err(e) => Err(bad(format!("cannot read {}: {e}", path.display()))),
+    }
 }

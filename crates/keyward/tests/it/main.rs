@@ -15,6 +15,7 @@ mod crosssite;
 mod expiry;
 mod process;
 mod throttle;
+mod tokens;
 
 keyward_testkit::session_store_conformance!(memory_session_store, keyward_testkit::memory_sessions);
 keyward_testkit::session_store_conformance!(sqlite_session_store, keyward_testkit::sqlite_sessions);

@@ -1,0 +1,374 @@
+//! Signing keys: generation, sealing at rest, the keyring that signs and verifies, and JWKS.
+//!
+//! Private keys are PKCS#8 documents sealed with AES-256-GCM under a key-encryption key
+//! (KEK) that never enters the database, so a copy of the database alone yields no key.
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, CommonParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm,
+    OctetKeyPairParameters, OctetKeyPairType, PublicKeyUse,
+};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use keyward_core::StoredKey;
+use std::fmt;
+use std::sync::Arc;
+use time::{Duration, OffsetDateTime};
+
+/// Errors of key handling.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The OS random source failed.
+    #[error("random source failed")]
+    Random,
+    /// Key generation or encoding failed.
+    #[error("key generation failed: {0}")]
+    Generate(String),
+    /// A sealed key could not be opened: wrong key-encryption key, or tampered data.
+    #[error("a signing key could not be decrypted (is the key-encryption key the one it was sealed with?)")]
+    Unseal,
+    /// A stored key is not usable.
+    #[error("stored key {kid} is invalid: {why}")]
+    Invalid {
+        /// The key id.
+        kid: String,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// The signing algorithms keyward offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigningAlg {
+    /// Ed25519 (the default).
+    EdDSA,
+    /// ECDSA P-256 with SHA-256.
+    ES256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256, 2048-bit keys.
+    RS256,
+}
+
+impl SigningAlg {
+    /// The JOSE name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::EdDSA => "EdDSA",
+            Self::ES256 => "ES256",
+            Self::RS256 => "RS256",
+        }
+    }
+
+    /// Parse a JOSE name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "EdDSA" => Some(Self::EdDSA),
+            "ES256" => Some(Self::ES256),
+            "RS256" => Some(Self::RS256),
+            _ => None,
+        }
+    }
+
+    fn jose(self) -> Algorithm {
+        match self {
+            Self::EdDSA => Algorithm::EdDSA,
+            Self::ES256 => Algorithm::ES256,
+            Self::RS256 => Algorithm::RS256,
+        }
+    }
+}
+
+/// The key-encryption key: 32 bytes that seal private keys at rest.
+#[derive(Clone)]
+pub struct Kek([u8; 32]);
+
+impl fmt::Debug for Kek {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Kek(<redacted>)")
+    }
+}
+
+impl Kek {
+    /// A new random KEK.
+    pub fn generate() -> Result<Self, KeyError> {
+        let mut k = [0u8; 32];
+        getrandom::fill(&mut k).map_err(|_| KeyError::Random)?;
+        Ok(Self(k))
+    }
+
+    /// From its base64url text form (43 characters).
+    pub fn parse(text: &str) -> Option<Self> {
+        let bytes = URL_SAFE_NO_PAD.decode(text.trim()).ok()?;
+        <[u8; 32]>::try_from(bytes.as_slice()).ok().map(Self)
+    }
+
+    /// The base64url text form.
+    pub fn to_text(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.0)
+    }
+
+    fn cipher(&self) -> Result<Aes256Gcm, KeyError> {
+        Aes256Gcm::new_from_slice(&self.0).map_err(|_| KeyError::Unseal)
+    }
+
+    /// Seal `plain` (bound to `kid`): nonce ‖ ciphertext.
+    pub fn seal(&self, kid: &str, plain: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let mut nonce = [0u8; 12];
+        getrandom::fill(&mut nonce).map_err(|_| KeyError::Random)?;
+        let sealed = self
+            .cipher()?
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plain,
+                    aad: kid.as_bytes(),
+                },
+            )
+            .map_err(|_| KeyError::Unseal)?;
+        Ok([nonce.as_slice(), sealed.as_slice()].concat())
+    }
+
+    /// Open what [`Kek::seal`] sealed for `kid`.
+    pub fn open(&self, kid: &str, sealed: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let (nonce, body) = sealed.split_at_checked(12).ok_or(KeyError::Unseal)?;
+        self.cipher()?
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: body,
+                    aad: kid.as_bytes(),
+                },
+            )
+            .map_err(|_| KeyError::Unseal)
+    }
+}
+
+/// A fresh key id: 128 random bits, base64url.
+fn new_kid() -> Result<String, KeyError> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|_| KeyError::Random)?;
+    Ok(URL_SAFE_NO_PAD.encode(b))
+}
+
+/// Generate a key for `alg` and seal it: what `keyward keys rotate` stores.
+pub fn generate(alg: SigningAlg, kek: &Kek, now: OffsetDateTime) -> Result<StoredKey, KeyError> {
+    use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+    let gen = |e: &dyn fmt::Display| KeyError::Generate(e.to_string());
+    let pem: String = match alg {
+        SigningAlg::EdDSA => {
+            let mut seed = [0u8; 32];
+            getrandom::fill(&mut seed).map_err(|_| KeyError::Random)?;
+            let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+            key.to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+                .map_err(|e| gen(&e))?
+                .to_string()
+        }
+        SigningAlg::ES256 => {
+            use p256::pkcs8::EncodePrivateKey as _;
+            let key = p256::SecretKey::random(&mut rand_core::OsRng);
+            key.to_pkcs8_pem(p256::pkcs8::LineEnding::LF)
+                .map_err(|e| gen(&e))?
+                .to_string()
+        }
+        SigningAlg::RS256 => {
+            use rsa::pkcs8::EncodePrivateKey as _;
+            let key = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 2048).map_err(|e| gen(&e))?;
+            key.to_pkcs8_pem(rsa::pkcs8::LineEnding::LF)
+                .map_err(|e| gen(&e))?
+                .to_string()
+        }
+    };
+    let kid = new_kid()?;
+    let sealed_private = kek.seal(&kid, pem.as_bytes())?;
+    Ok(StoredKey {
+        kid,
+        alg: alg.name().to_owned(),
+        sealed_private,
+        created_at: now,
+    })
+}
+
+/// A usable key: it signs (if current) and verifies.
+pub struct SigningKey {
+    /// Key id.
+    pub kid: String,
+    /// Its one algorithm: tokens claiming another are refused.
+    pub alg: SigningAlg,
+    /// When it was made.
+    pub created_at: OffsetDateTime,
+    pub(crate) encoding: EncodingKey,
+    pub(crate) decoding: DecodingKey,
+    /// The public JWK.
+    pub jwk: Jwk,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// Unseal and load a stored key.
+    pub fn load(stored: &StoredKey, kek: &Kek) -> Result<Self, KeyError> {
+        let invalid = |why: String| KeyError::Invalid {
+            kid: stored.kid.clone(),
+            why,
+        };
+        let alg = SigningAlg::parse(&stored.alg)
+            .ok_or_else(|| invalid(format!("unknown algorithm {}", stored.alg)))?;
+        let pem = kek.open(&stored.kid, &stored.sealed_private)?;
+        let (encoding, params) = match alg {
+            SigningAlg::EdDSA => {
+                use ed25519_dalek::pkcs8::DecodePrivateKey as _;
+                let text = std::str::from_utf8(&pem).map_err(|e| invalid(e.to_string()))?;
+                let key = ed25519_dalek::SigningKey::from_pkcs8_pem(text)
+                    .map_err(|e| invalid(e.to_string()))?;
+                let enc = EncodingKey::from_ed_pem(&pem).map_err(|e| invalid(e.to_string()))?;
+                let x = URL_SAFE_NO_PAD.encode(key.verifying_key().as_bytes());
+                let params = AlgorithmParameters::OctetKeyPair(OctetKeyPairParameters {
+                    key_type: OctetKeyPairType::OctetKeyPair,
+                    curve: EllipticCurve::Ed25519,
+                    x,
+                });
+                (enc, Some(params))
+            }
+            SigningAlg::ES256 => (
+                EncodingKey::from_ec_pem(&pem).map_err(|e| invalid(e.to_string()))?,
+                None,
+            ),
+            SigningAlg::RS256 => (
+                EncodingKey::from_rsa_pem(&pem).map_err(|e| invalid(e.to_string()))?,
+                None,
+            ),
+        };
+        let mut jwk = match params {
+            Some(algorithm) => Jwk {
+                common: CommonParameters::default(),
+                algorithm,
+            },
+            None => {
+                Jwk::from_encoding_key(&encoding, alg.jose()).map_err(|e| invalid(e.to_string()))?
+            }
+        };
+        jwk.common.key_id = Some(stored.kid.clone());
+        jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+        jwk.common.key_algorithm = Some(match alg {
+            SigningAlg::EdDSA => KeyAlgorithm::EdDSA,
+            SigningAlg::ES256 => KeyAlgorithm::ES256,
+            SigningAlg::RS256 => KeyAlgorithm::RS256,
+        });
+        let decoding = DecodingKey::from_jwk(&jwk).map_err(|e| invalid(e.to_string()))?;
+        Ok(Self {
+            kid: stored.kid.clone(),
+            alg,
+            created_at: stored.created_at,
+            encoding,
+            decoding,
+            jwk,
+        })
+    }
+}
+
+/// The keys in use: the newest signs; older ones verify until every token they signed has
+/// expired (the newer key's age exceeds the access-token lifetime), then they retire.
+#[derive(Debug, Default, Clone)]
+pub struct Keyring {
+    keys: Vec<Arc<SigningKey>>,
+}
+
+impl Keyring {
+    /// A keyring of these keys (any order), dropping those retired at `now`.
+    pub fn new(mut keys: Vec<SigningKey>, now: OffsetDateTime, access_ttl: Duration) -> Self {
+        keys.sort_by_key(|k| k.created_at);
+        let created: Vec<OffsetDateTime> = keys.iter().map(|k| k.created_at).collect();
+        let keys = keys
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !is_retired(&created, *i, now, access_ttl))
+            .map(|(_, k)| Arc::new(k))
+            .collect();
+        Self { keys }
+    }
+
+    /// The key that signs new tokens.
+    pub fn current(&self) -> Option<&Arc<SigningKey>> {
+        self.keys.last()
+    }
+
+    /// A key by id, among those still valid.
+    pub fn get(&self, kid: &str) -> Option<&Arc<SigningKey>> {
+        self.keys.iter().find(|k| k.kid == kid)
+    }
+
+    /// Every valid key, oldest first.
+    pub fn keys(&self) -> &[Arc<SigningKey>] {
+        &self.keys
+    }
+
+    /// The public JWK set.
+    pub fn jwks(&self) -> JwkSet {
+        JwkSet {
+            keys: self.keys.iter().map(|k| k.jwk.clone()).collect(),
+        }
+    }
+}
+
+/// Whether key `i` (of keys sorted by creation) is retired at `now`: a newer key has been
+/// signing for longer than any token lives.
+pub fn is_retired(
+    created: &[OffsetDateTime],
+    i: usize,
+    now: OffsetDateTime,
+    access_ttl: Duration,
+) -> bool {
+    created
+        .get(i + 1)
+        .is_some_and(|next| *next + access_ttl <= now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_round_trip_and_binding() {
+        let kek = Kek::generate().unwrap();
+        let sealed = kek.seal("kid-1", b"secret").unwrap();
+        assert_eq!(kek.open("kid-1", &sealed).unwrap(), b"secret");
+        assert!(kek.open("kid-2", &sealed).is_err(), "bound to its kid");
+        assert!(
+            Kek::generate().unwrap().open("kid-1", &sealed).is_err(),
+            "needs the right KEK"
+        );
+        assert!(kek.open("kid-1", &sealed[..5]).is_err());
+        assert!(!String::from_utf8_lossy(&sealed).contains("secret"));
+        let text = kek.to_text();
+        assert_eq!(Kek::parse(&text).unwrap().0, kek.0);
+        assert!(Kek::parse("short").is_none());
+    }
+
+    #[test]
+    fn every_algorithm_generates_and_loads() {
+        let kek = Kek::generate().unwrap();
+        let now = OffsetDateTime::UNIX_EPOCH;
+        for alg in [SigningAlg::EdDSA, SigningAlg::ES256, SigningAlg::RS256] {
+            let stored = generate(alg, &kek, now).unwrap();
+            assert!(!String::from_utf8_lossy(&stored.sealed_private).contains("PRIVATE KEY"));
+            let key = SigningKey::load(&stored, &kek).unwrap();
+            assert_eq!(key.alg, alg);
+            let json = serde_json::to_value(&key.jwk).unwrap();
+            assert_eq!(json["kid"], stored.kid.as_str());
+            assert_eq!(json["alg"], alg.name());
+            assert_eq!(json["use"], "sig");
+            assert!(
+                json.get("d").is_none(),
+                "no private part in the JWK: {json}"
+            );
+        }
+    }
+}

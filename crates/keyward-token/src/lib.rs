@@ -1,0 +1,382 @@
+//! keyward's token side: signing keys sealed at rest ([`keys`]), RFC 9068 access tokens
+//! ([`jwt`]), and the [`TokenService`] that runs the password and refresh-token grants with
+//! rotation and reuse detection (RFC 9700 §4.14.2), the deny list, revocation and
+//! introspection. No HTTP here.
+#![deny(missing_docs)]
+
+pub mod jwt;
+pub mod keys;
+
+pub use jwt::AccessClaims;
+pub use keys::{Kek, KeyError, Keyring, SigningAlg, SigningKey};
+
+use keyward_core::{
+    AuthError, AuthService, DynKeyStore, DynTokenStore, Password, RefreshFamily, RotateOutcome,
+    SessionId, SessionToken, StoreError, AUDIT,
+};
+use std::net::IpAddr;
+use std::sync::{Arc, PoisonError, RwLock};
+use time::{Duration, OffsetDateTime};
+
+/// Settings of the token side.
+#[derive(Debug, Clone)]
+pub struct TokenConfig {
+    /// `iss`.
+    pub issuer: String,
+    /// `aud`.
+    pub audience: String,
+    /// Access-token lifetime.
+    pub access_ttl: Duration,
+    /// Absolute lifetime of a refresh-token family.
+    pub refresh_ttl: Duration,
+    /// Algorithm of newly generated keys.
+    pub algorithm: SigningAlg,
+}
+
+/// What the token side can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// Bad credentials, or an unknown, used, revoked or expired refresh token (RFC 6749
+    /// `invalid_grant`). Deliberately one error.
+    #[error("the grant is invalid")]
+    InvalidGrant,
+    /// Throttled like cookie logins.
+    #[error("too many failed attempts")]
+    Throttled {
+        /// When to retry.
+        retry_after: Duration,
+    },
+    /// A field is longer than anything valid.
+    #[error("{0} is too long")]
+    TooLong(&'static str),
+    /// A store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Keys failed.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// Signing failed.
+    #[error("signing failed: {0}")]
+    Sign(String),
+    /// Anything else from the auth service.
+    #[error(transparent)]
+    Auth(AuthError),
+}
+
+impl From<AuthError> for TokenError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::InvalidCredentials => Self::InvalidGrant,
+            AuthError::Throttled { retry_after } => Self::Throttled { retry_after },
+            AuthError::TooLong(f) => Self::TooLong(f),
+            AuthError::Store(s) => Self::Store(s),
+            other => Self::Auth(other),
+        }
+    }
+}
+
+/// An issued pair.
+#[derive(Debug)]
+pub struct TokenPair {
+    /// The signed access token.
+    pub access_token: String,
+    /// Seconds until it expires.
+    pub expires_in: i64,
+    /// The opaque refresh token (only its hash is stored).
+    pub refresh_token: SessionToken,
+}
+
+/// What introspection says of an active token (RFC 7662).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Introspection {
+    /// Always true (inactive tokens answer `{"active": false}` alone).
+    pub active: bool,
+    /// `access_token` or `refresh_token`.
+    pub token_type: &'static str,
+    /// User id.
+    pub sub: String,
+    /// Username.
+    pub username: String,
+    /// Expiry (Unix s).
+    pub exp: i64,
+    /// Issued at (Unix s).
+    pub iat: i64,
+    /// Token id (access tokens).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// Family (`sid`).
+    pub sid: String,
+    /// Issuer.
+    pub iss: String,
+    /// Audience.
+    pub aud: String,
+    /// Client.
+    pub client_id: String,
+}
+
+/// The token service.
+pub struct TokenService {
+    auth: Arc<AuthService>,
+    tokens: DynTokenStore,
+    key_store: DynKeyStore,
+    kek: Kek,
+    keyring: RwLock<Arc<Keyring>>,
+    config: TokenConfig,
+}
+
+impl std::fmt::Debug for TokenService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenService")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The client id in tokens: keyward has one public first-party client.
+pub const CLIENT_ID: &str = "keyward";
+
+fn unix(t: OffsetDateTime) -> i64 {
+    t.unix_timestamp()
+}
+
+impl TokenService {
+    /// Load the keys (generating the first one when there is none) and start.
+    pub async fn new(
+        auth: Arc<AuthService>,
+        tokens: DynTokenStore,
+        key_store: DynKeyStore,
+        kek: Kek,
+        config: TokenConfig,
+    ) -> Result<Self, TokenError> {
+        let svc = Self {
+            auth,
+            tokens,
+            key_store,
+            kek,
+            keyring: RwLock::new(Arc::new(Keyring::default())),
+            config,
+        };
+        if svc.key_store.list_keys().await?.is_empty() {
+            svc.rotate_key().await?;
+        }
+        svc.reload_keys().await?;
+        Ok(svc)
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &TokenConfig {
+        &self.config
+    }
+
+    fn now(&self) -> OffsetDateTime {
+        self.auth.clock().now()
+    }
+
+    /// The current keyring.
+    pub fn keyring(&self) -> Arc<Keyring> {
+        self.keyring
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Re-read the keys from the store (a rotation made by another node or the CLI), and
+    /// delete keys past every token's lifetime.
+    pub async fn reload_keys(&self) -> Result<(), TokenError> {
+        let stored = self.key_store.list_keys().await?;
+        let now = self.now();
+        let created: Vec<OffsetDateTime> = stored.iter().map(|k| k.created_at).collect();
+        let mut loaded = Vec::new();
+        for (i, s) in stored.iter().enumerate() {
+            if keys::is_retired(&created, i, now, self.config.access_ttl) {
+                self.key_store.delete_key(&s.kid).await?;
+                tracing::info!(target: AUDIT, event = "signing_key_retired", kid = %s.kid);
+                continue;
+            }
+            loaded.push(SigningKey::load(s, &self.kek)?);
+        }
+        let ring = Keyring::new(loaded, now, self.config.access_ttl);
+        *self.keyring.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(ring);
+        Ok(())
+    }
+
+    /// Generate and store a new signing key with the configured algorithm, then use it.
+    pub async fn rotate_key(&self) -> Result<String, TokenError> {
+        let stored = keys::generate(self.config.algorithm, &self.kek, self.now())?;
+        self.key_store.insert_key(&stored).await?;
+        tracing::info!(target: AUDIT, event = "signing_key_created", kid = %stored.kid, alg = %stored.alg);
+        self.reload_keys().await?;
+        Ok(stored.kid)
+    }
+
+    fn issue(&self, family: &RefreshFamily) -> Result<(String, i64), TokenError> {
+        let ring = self.keyring();
+        let key = ring
+            .current()
+            .ok_or_else(|| TokenError::Sign("no signing key".into()))?;
+        let now = self.now();
+        let exp = now + self.config.access_ttl;
+        let claims = AccessClaims {
+            iss: self.config.issuer.clone(),
+            sub: family.user_id.to_string(),
+            aud: self.config.audience.clone(),
+            exp: unix(exp),
+            iat: unix(now),
+            nbf: unix(now),
+            jti: uuid::Uuid::new_v4().to_string(),
+            sid: family.id.to_string(),
+            client_id: CLIENT_ID.to_owned(),
+            preferred_username: family.username.clone(),
+        };
+        let token = jwt::sign(key, &claims).map_err(|e| TokenError::Sign(e.to_string()))?;
+        Ok((token, self.config.access_ttl.whole_seconds()))
+    }
+
+    /// `grant_type=password`: the same throttling and equal failures as cookie logins.
+    pub async fn password_grant(
+        &self,
+        username: &str,
+        password: &Password,
+        ip: Option<IpAddr>,
+    ) -> Result<TokenPair, TokenError> {
+        let user = self.auth.check_credentials(username, password, ip).await?;
+        let now = self.now();
+        let family = RefreshFamily {
+            id: SessionId::new(),
+            user_id: user.id,
+            username: user.username.clone(),
+            created_at: now,
+            expires_at: now + self.config.refresh_ttl,
+        };
+        let refresh = SessionToken::generate().map_err(|_| TokenError::Key(KeyError::Random))?;
+        self.tokens.create_family(&family, &refresh.hash()).await?;
+        let (access_token, expires_in) = self.issue(&family)?;
+        metrics::counter!("keyward_logins_total", "result" => "ok").increment(1);
+        metrics::counter!("keyward_tokens_issued_total", "grant" => "password").increment(1);
+        tracing::info!(target: AUDIT, event = "token_granted", user_id = %user.id, sid = %family.id);
+        Ok(TokenPair {
+            access_token,
+            expires_in,
+            refresh_token: refresh,
+        })
+    }
+
+    /// `grant_type=refresh_token`: rotate; a reused token revokes its whole family.
+    pub async fn refresh_grant(&self, presented: &str) -> Result<TokenPair, TokenError> {
+        let Some(presented) = SessionToken::parse(presented) else {
+            return Err(TokenError::InvalidGrant);
+        };
+        let next = SessionToken::generate().map_err(|_| TokenError::Key(KeyError::Random))?;
+        match self
+            .tokens
+            .rotate(&presented.hash(), &next.hash(), self.now())
+            .await?
+        {
+            RotateOutcome::Rotated(family) => {
+                let (access_token, expires_in) = self.issue(&family)?;
+                metrics::counter!("keyward_tokens_issued_total", "grant" => "refresh_token")
+                    .increment(1);
+                Ok(TokenPair {
+                    access_token,
+                    expires_in,
+                    refresh_token: next,
+                })
+            }
+            RotateOutcome::Reused(family) => {
+                metrics::counter!("keyward_refresh_reuse_total").increment(1);
+                tracing::warn!(target: AUDIT, event = "refresh_token_reused", user_id = %family.user_id, sid = %family.id);
+                Err(TokenError::InvalidGrant)
+            }
+            RotateOutcome::Invalid => Err(TokenError::InvalidGrant),
+        }
+    }
+
+    /// Verify a bearer access token and check the deny list: `None` when it is not valid.
+    pub async fn authenticate(&self, token: &str) -> Result<Option<AccessClaims>, StoreError> {
+        let now = self.now();
+        let ring = self.keyring();
+        let Ok(claims) = jwt::verify(
+            &ring,
+            token,
+            &self.config.issuer,
+            &self.config.audience,
+            unix(now),
+        ) else {
+            return Ok(None);
+        };
+        let Some(sid) = SessionId::parse(&claims.sid) else {
+            return Ok(None);
+        };
+        if self.tokens.is_denied(&claims.jti, sid, now).await? {
+            return Ok(None);
+        }
+        Ok(Some(claims))
+    }
+
+    /// RFC 7009: revoke a refresh token (its family, and so every access token issued from it)
+    /// or an access token (its `jti`, until it expires). Unknown tokens are ignored.
+    pub async fn revoke(&self, token: &str) -> Result<(), StoreError> {
+        let now = self.now();
+        if let Some(refresh) = SessionToken::parse(token) {
+            if let Some(family) = self.tokens.family_of(&refresh.hash(), now).await? {
+                self.tokens.revoke_family(family.id, now).await?;
+                tracing::info!(target: AUDIT, event = "token_revoked", kind = "refresh_token", user_id = %family.user_id, sid = %family.id);
+            }
+            return Ok(());
+        }
+        let ring = self.keyring();
+        if let Ok(claims) = jwt::verify(
+            &ring,
+            token,
+            &self.config.issuer,
+            &self.config.audience,
+            unix(now),
+        ) {
+            let until = OffsetDateTime::from_unix_timestamp(claims.exp).unwrap_or(now);
+            self.tokens.deny(&claims.jti, until).await?;
+            tracing::info!(target: AUDIT, event = "token_revoked", kind = "access_token", user_id = %claims.sub, jti = %claims.jti);
+        }
+        Ok(())
+    }
+
+    /// RFC 7662: what keyward knows of a token, `None` when it is not active.
+    pub async fn introspect(&self, token: &str) -> Result<Option<Introspection>, StoreError> {
+        let now = self.now();
+        if let Some(refresh) = SessionToken::parse(token) {
+            let Some(family) = self.tokens.family_of(&refresh.hash(), now).await? else {
+                return Ok(None);
+            };
+            return Ok(Some(Introspection {
+                active: true,
+                token_type: "refresh_token",
+                sub: family.user_id.to_string(),
+                username: family.username.clone(),
+                exp: unix(family.expires_at),
+                iat: unix(family.created_at),
+                jti: None,
+                sid: family.id.to_string(),
+                iss: self.config.issuer.clone(),
+                aud: self.config.audience.clone(),
+                client_id: CLIENT_ID.to_owned(),
+            }));
+        }
+        Ok(self.authenticate(token).await?.map(|c| Introspection {
+            active: true,
+            token_type: "access_token",
+            sub: c.sub,
+            username: c.preferred_username,
+            exp: c.exp,
+            iat: c.iat,
+            jti: Some(c.jti),
+            sid: c.sid,
+            iss: c.iss,
+            aud: c.aud,
+            client_id: c.client_id,
+        }))
+    }
+
+    /// Remove expired families, tokens and deny-list entries.
+    pub async fn purge(&self) -> Result<u64, StoreError> {
+        self.tokens.purge_tokens(self.now()).await
+    }
+}
