@@ -488,3 +488,128 @@ async fn logs_have_audit_events_and_never_a_secret() {
     }
     s.stop().await;
 }
+
+#[tokio::test]
+async fn signing_keys_are_sealed_and_rotated_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]).await;
+    let jwks: Value = client()
+        .get(s.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        jwks["keys"].as_array().unwrap().len(),
+        1,
+        "a key is generated on first start"
+    );
+    s.stop().await;
+
+    // The key-encryption key sits beside the database, readable by its owner only.
+    let kek = dir.path().join("keyward.db.kek");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&kek).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    // The database holds no private key in the clear.
+    for f in ["keyward.db", "keyward.db-wal"] {
+        if let Ok(bytes) = std::fs::read(dir.path().join(f)) {
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains("PRIVATE KEY"),
+                "{f}"
+            );
+        }
+    }
+
+    let out = run(dir.path(), &["keys", "rotate", "--json"], None).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = run(dir.path(), &["keys", "list", "--json"], None).await;
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[1]["kid"], new["kid"]);
+    assert_eq!(list[1]["status"], "signing");
+    assert_eq!(list[0]["status"], "verifying");
+    let out = run(dir.path(), &["keys", "list"], None).await;
+    assert!(String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .contains("KID"));
+
+    // A restarted server signs with the new key and still publishes the old one.
+    let s = Server::start(dir.path(), &[]).await;
+    let jwks: Value = client()
+        .get(s.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
+    let c = client();
+    assert_eq!(
+        c.post(s.url("/v1/users"))
+            .json(&json!({"username": "kim", "password": PW}))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    let res = c
+        .post(s.url("/v1/token"))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", "kim"),
+            ("password", PW),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let access = res.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let header: Value = serde_json::from_slice(
+        &base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            access.split('.').next().unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(header["kid"], new["kid"]);
+    s.stop().await;
+
+    // A wrong key-encryption key cannot open the keys: start-up fails clearly.
+    let other = keyward_token::Kek::generate().unwrap().to_text();
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--key-encryption-key",
+            &other,
+        ])
+        .current_dir(dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("could not be decrypted"));
+}
