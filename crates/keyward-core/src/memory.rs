@@ -8,7 +8,7 @@ use crate::store::{
 use async_trait::async_trait;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use time::OffsetDateTime;
+use time::{Duration, OffsetDateTime};
 
 #[derive(Default)]
 struct Inner {
@@ -26,7 +26,8 @@ struct Family {
 
 struct Refresh {
     family: SessionId,
-    used: bool,
+    used_at: Option<OffsetDateTime>,
+    successor: Option<TokenHash>,
 }
 
 impl Inner {
@@ -196,7 +197,8 @@ impl TokenStore for MemorySessionStore {
             *first,
             Refresh {
                 family: family.id,
-                used: false,
+                used_at: None,
+                successor: None,
             },
         );
         Ok(())
@@ -207,29 +209,42 @@ impl TokenStore for MemorySessionStore {
         presented: &TokenHash,
         next: &TokenHash,
         now: OffsetDateTime,
+        grace: Duration,
     ) -> StoreResult<RotateOutcome> {
         let mut inner = self.lock();
-        let Some((family_id, used)) = inner.refresh.get(presented).map(|r| (r.family, r.used))
+        let Some((family_id, used_at, successor)) = inner
+            .refresh
+            .get(presented)
+            .map(|r| (r.family, r.used_at, r.successor))
         else {
             return Ok(RotateOutcome::Invalid);
         };
         let Some(family) = inner.live_family(family_id, now).cloned() else {
             return Ok(RotateOutcome::Invalid);
         };
-        if used {
+        if let Some(used_at) = used_at {
+            let successor_unused = successor
+                .filter(|s| s == next)
+                .and_then(|s| inner.refresh.get(&s))
+                .is_some_and(|r| r.used_at.is_none());
+            if now < used_at + grace && successor_unused {
+                return Ok(RotateOutcome::Rotated(family));
+            }
             if let Some(f) = inner.families.get_mut(&family_id) {
                 f.revoked = true;
             }
             return Ok(RotateOutcome::Reused(family));
         }
         if let Some(r) = inner.refresh.get_mut(presented) {
-            r.used = true;
+            r.used_at = Some(now);
+            r.successor = Some(*next);
         }
         inner.refresh.insert(
             *next,
             Refresh {
                 family: family_id,
-                used: false,
+                used_at: None,
+                successor: None,
             },
         );
         Ok(RotateOutcome::Rotated(family))
@@ -244,7 +259,7 @@ impl TokenStore for MemorySessionStore {
         Ok(inner
             .refresh
             .get(token)
-            .filter(|r| !r.used)
+            .filter(|r| r.used_at.is_none())
             .and_then(|r| inner.live_family(r.family, now))
             .cloned())
     }

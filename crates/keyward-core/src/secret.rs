@@ -33,6 +33,12 @@ impl SessionToken {
         ok.then(|| Self(raw.to_owned()))
     }
 
+    /// A token derived from `input` under `key` (HMAC-SHA256): as unguessable as a random one
+    /// to anyone without the key, and the same every time for the same input.
+    pub fn derive(key: &[u8; 32], input: &str) -> Self {
+        Self(URL_SAFE_NO_PAD.encode(hmac_sha256(key, input.as_bytes())))
+    }
+
     /// The value to put in the cookie. Call only where the token leaves for the client.
     pub fn expose(&self) -> &str {
         &self.0
@@ -47,6 +53,19 @@ impl SessionToken {
 impl fmt::Debug for SessionToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("SessionToken(<redacted>)")
+    }
+}
+
+/// HMAC-SHA256.
+pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    use hmac::{Hmac, Mac};
+    // HMAC accepts keys of any length; the error case cannot happen.
+    match Hmac::<Sha256>::new_from_slice(key) {
+        Ok(mut mac) => {
+            mac.update(message);
+            mac.finalize().into_bytes().into()
+        }
+        Err(_) => [0u8; 32],
     }
 }
 

@@ -195,11 +195,17 @@ pub trait TokenStore: Send + Sync + 'static {
 
     /// Atomically use `presented` and store `next` in the same family. Exactly one of
     /// several concurrent calls with the same token rotates; the others see it used.
+    ///
+    /// A used token presented again is reuse, which revokes the family, except within `grace`
+    /// of its use when `next` is the very successor it was replaced by and that successor is
+    /// still unused: then the call answers `Rotated` again and changes nothing (a client that
+    /// lost the answer gets the same successor, never a second one).
     async fn rotate(
         &self,
         presented: &TokenHash,
         next: &TokenHash,
         now: OffsetDateTime,
+        grace: Duration,
     ) -> StoreResult<RotateOutcome>;
 
     /// The family of a refresh token that is live and unused (for introspection/revocation).

@@ -11,7 +11,7 @@ use keyward_core::{
 };
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite, Transaction};
-use time::OffsetDateTime;
+use time::{Duration, OffsetDateTime};
 
 const FAMILY_COLUMNS: &str = "id, user_id, username, created_at, expires_at, revoked_at";
 
@@ -76,64 +76,88 @@ impl TokenStore for SqliteStore {
         presented: &TokenHash,
         next: &TokenHash,
         now: OffsetDateTime,
+        grace: Duration,
     ) -> StoreResult<RotateOutcome> {
         // The first statement writes, so the transaction takes SQLite's write lock at once and
         // concurrent rotations of the same token run one after the other: the first marks it
         // used, every later one finds it used.
         let mut tx = self.pool().begin().await.map_err(store_error)?;
         let claimed: Option<String> = sqlx::query_scalar(
-            "UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL RETURNING family_id",
+            "UPDATE refresh_tokens SET used_at = ?, successor = ? \
+             WHERE token_hash = ? AND used_at IS NULL RETURNING family_id",
         )
         .bind(to_unix_ms(now))
+        .bind(next.as_bytes().as_slice())
         .bind(presented.as_bytes().as_slice())
         .fetch_optional(&mut *tx)
         .await
         .map_err(store_error)?;
-        let family_id = match claimed {
-            Some(id) => id,
-            None => {
-                let used: Option<String> =
-                    sqlx::query_scalar("SELECT family_id FROM refresh_tokens WHERE token_hash = ?")
-                        .bind(presented.as_bytes().as_slice())
-                        .fetch_optional(&mut *tx)
+        if let Some(family_id) = claimed {
+            return match family_in(&mut tx, &family_id).await? {
+                Some((family, false)) if now < family.expires_at => {
+                    sqlx::query("INSERT INTO refresh_tokens (token_hash, family_id, used_at, successor) VALUES (?, ?, NULL, NULL)")
+                        .bind(next.as_bytes().as_slice())
+                        .bind(&family_id)
+                        .execute(&mut *tx)
                         .await
                         .map_err(store_error)?;
-                let Some(id) = used else {
+                    tx.commit().await.map_err(store_error)?;
+                    Ok(RotateOutcome::Rotated(family))
+                }
+                _ => {
                     tx.rollback().await.map_err(store_error)?;
-                    return Ok(RotateOutcome::Invalid);
-                };
-                let outcome = match family_in(&mut tx, &id).await? {
-                    Some((family, false)) if now < family.expires_at => {
-                        sqlx::query("UPDATE refresh_families SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
-                            .bind(to_unix_ms(now))
-                            .bind(&id)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(store_error)?;
-                        RotateOutcome::Reused(family)
-                    }
-                    _ => RotateOutcome::Invalid,
-                };
-                tx.commit().await.map_err(store_error)?;
-                return Ok(outcome);
-            }
+                    Ok(RotateOutcome::Invalid)
+                }
+            };
+        }
+        let row = sqlx::query(
+            "SELECT family_id, used_at, successor FROM refresh_tokens WHERE token_hash = ?",
+        )
+        .bind(presented.as_bytes().as_slice())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        let Some(row) = row else {
+            tx.rollback().await.map_err(store_error)?;
+            return Ok(RotateOutcome::Invalid);
         };
-        match family_in(&mut tx, &family_id).await? {
-            Some((family, false)) if now < family.expires_at => {
-                sqlx::query("INSERT INTO refresh_tokens (token_hash, family_id, used_at) VALUES (?, ?, NULL)")
-                    .bind(next.as_bytes().as_slice())
-                    .bind(&family_id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(store_error)?;
-                tx.commit().await.map_err(store_error)?;
-                Ok(RotateOutcome::Rotated(family))
-            }
-            _ => {
+        let family_id: String = row.try_get("family_id").map_err(store_error)?;
+        let used_at: Option<i64> = row.try_get("used_at").map_err(store_error)?;
+        let successor: Option<Vec<u8>> = row.try_get("successor").map_err(store_error)?;
+        let Some((family, false)) = family_in(&mut tx, &family_id)
+            .await?
+            .filter(|(f, _)| now < f.expires_at)
+        else {
+            tx.rollback().await.map_err(store_error)?;
+            return Ok(RotateOutcome::Invalid);
+        };
+        let within_grace = used_at.is_some_and(|u| {
+            to_unix_ms(now)
+                < u.saturating_add(i64::try_from(grace.whole_milliseconds()).unwrap_or(0))
+        });
+        if within_grace && successor.as_deref() == Some(next.as_bytes().as_slice()) {
+            let successor_unused: Option<i64> = sqlx::query_scalar(
+                "SELECT 1 FROM refresh_tokens WHERE token_hash = ? AND used_at IS NULL",
+            )
+            .bind(next.as_bytes().as_slice())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(store_error)?;
+            if successor_unused.is_some() {
                 tx.rollback().await.map_err(store_error)?;
-                Ok(RotateOutcome::Invalid)
+                return Ok(RotateOutcome::Rotated(family));
             }
         }
+        sqlx::query(
+            "UPDATE refresh_families SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+        )
+        .bind(to_unix_ms(now))
+        .bind(&family_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(RotateOutcome::Reused(family))
     }
 
     async fn family_of(

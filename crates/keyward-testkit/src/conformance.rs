@@ -346,3 +346,214 @@ macro_rules! user_store_conformance {
         }
     };
 }
+
+// ------------------------------------------------------------------ token stores
+
+use keyward_core::{RefreshFamily, RotateOutcome, TokenHash, TokenStore};
+
+fn family(user: UserId, at: OffsetDateTime) -> RefreshFamily {
+    RefreshFamily {
+        id: SessionId::new(),
+        user_id: user,
+        username: "alice".into(),
+        created_at: at,
+        expires_at: at + Duration::days(30),
+    }
+}
+
+fn hash() -> TokenHash {
+    SessionToken::generate().unwrap().hash()
+}
+
+const NO_GRACE: Duration = Duration::ZERO;
+
+/// Rotation uses a token once; a replay revokes the family, its newest token included.
+pub async fn rotation_and_reuse(s: &dyn TokenStore) {
+    let f = family(UserId::new(), t0());
+    let (r0, r1, r2) = (hash(), hash(), hash());
+    s.create_family(&f, &r0).await.unwrap();
+    assert_eq!(s.family_of(&r0, t0()).await.unwrap(), Some(f.clone()));
+    assert_eq!(
+        s.rotate(&r0, &r1, t0(), NO_GRACE).await.unwrap(),
+        RotateOutcome::Rotated(f.clone())
+    );
+    assert_eq!(
+        s.family_of(&r0, t0()).await.unwrap(),
+        None,
+        "a used token is no longer active"
+    );
+    assert_eq!(
+        s.rotate(&r1, &r2, t0(), NO_GRACE).await.unwrap(),
+        RotateOutcome::Rotated(f.clone())
+    );
+    assert!(!s.is_denied("any-jti", f.id, t0()).await.unwrap());
+    assert_eq!(
+        s.rotate(&r0, &hash(), t0(), NO_GRACE).await.unwrap(),
+        RotateOutcome::Reused(f.clone())
+    );
+    assert_eq!(
+        s.rotate(&r2, &hash(), t0(), NO_GRACE).await.unwrap(),
+        RotateOutcome::Invalid,
+        "the newest token dies with its family"
+    );
+    assert!(
+        s.is_denied("any-jti", f.id, t0()).await.unwrap(),
+        "its access tokens are denied by sid"
+    );
+    assert_eq!(
+        s.rotate(&hash(), &hash(), t0(), NO_GRACE).await.unwrap(),
+        RotateOutcome::Invalid
+    );
+}
+
+/// Within the grace, the used token gets the same successor (and nothing changes), until the
+/// successor itself is used or the grace passes; a different successor is reuse.
+pub async fn reuse_grace(s: &dyn TokenStore) {
+    let grace = Duration::seconds(30);
+    let f = family(UserId::new(), t0());
+    let (r0, r1, r2) = (hash(), hash(), hash());
+    s.create_family(&f, &r0).await.unwrap();
+    assert_eq!(
+        s.rotate(&r0, &r1, t0(), grace).await.unwrap(),
+        RotateOutcome::Rotated(f.clone())
+    );
+    let t = t0() + Duration::seconds(10);
+    assert_eq!(
+        s.rotate(&r0, &r1, t, grace).await.unwrap(),
+        RotateOutcome::Rotated(f.clone()),
+        "a retry"
+    );
+    assert_eq!(
+        s.family_of(&r1, t).await.unwrap(),
+        Some(f.clone()),
+        "the successor is unchanged and unused"
+    );
+    assert_eq!(
+        s.rotate(&r1, &r2, t, grace).await.unwrap(),
+        RotateOutcome::Rotated(f.clone())
+    );
+    assert_eq!(
+        s.rotate(&r0, &r1, t, grace).await.unwrap(),
+        RotateOutcome::Reused(f.clone()),
+        "its successor was used"
+    );
+
+    let g = family(UserId::new(), t0());
+    let (q0, q1) = (hash(), hash());
+    s.create_family(&g, &q0).await.unwrap();
+    assert_eq!(
+        s.rotate(&q0, &q1, t0(), grace).await.unwrap(),
+        RotateOutcome::Rotated(g.clone())
+    );
+    assert_eq!(
+        s.rotate(&q0, &q1, t0() + Duration::seconds(31), grace)
+            .await
+            .unwrap(),
+        RotateOutcome::Reused(g.clone()),
+        "after the grace"
+    );
+
+    let h = family(UserId::new(), t0());
+    let (p0, p1) = (hash(), hash());
+    s.create_family(&h, &p0).await.unwrap();
+    s.rotate(&p0, &p1, t0(), grace).await.unwrap();
+    assert_eq!(
+        s.rotate(&p0, &hash(), t0(), grace).await.unwrap(),
+        RotateOutcome::Reused(h),
+        "a different successor"
+    );
+}
+
+/// Of concurrent rotations of one token, exactly one rotates.
+pub async fn concurrent_rotation_has_one_winner(s: Arc<dyn TokenStore>) {
+    let f = family(UserId::new(), t0());
+    let r0 = hash();
+    s.create_family(&f, &r0).await.unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.rotate(&r0, &hash(), t0(), NO_GRACE).await.unwrap() })
+        })
+        .collect();
+    let mut rotated = 0;
+    for t in tasks {
+        if matches!(t.await.unwrap(), RotateOutcome::Rotated(_)) {
+            rotated += 1;
+        }
+    }
+    assert_eq!(rotated, 1);
+}
+
+/// The deny list, family revocation, per-user revocation, expiry and purge.
+pub async fn deny_revoke_and_purge(s: &dyn TokenStore) {
+    let (alice, bob) = (UserId::new(), UserId::new());
+    let a1 = family(alice, t0());
+    let a2 = family(alice, t0());
+    let b1 = family(bob, t0());
+    let (ra1, ra2, rb1) = (hash(), hash(), hash());
+    s.create_family(&a1, &ra1).await.unwrap();
+    s.create_family(&a2, &ra2).await.unwrap();
+    s.create_family(&b1, &rb1).await.unwrap();
+
+    s.deny("jti-1", t0() + Duration::minutes(15)).await.unwrap();
+    assert!(s.is_denied("jti-1", b1.id, t0()).await.unwrap());
+    assert!(
+        !s.is_denied("jti-1", b1.id, t0() + Duration::minutes(15))
+            .await
+            .unwrap(),
+        "until it expires"
+    );
+    assert!(!s.is_denied("jti-2", b1.id, t0()).await.unwrap());
+
+    assert!(s.revoke_family(a1.id, t0()).await.unwrap());
+    assert!(!s.revoke_family(a1.id, t0()).await.unwrap(), "once");
+    assert!(s.is_denied("jti-x", a1.id, t0()).await.unwrap());
+    assert_eq!(s.family_of(&ra1, t0()).await.unwrap(), None);
+    assert_eq!(s.revoke_user_families(alice, t0()).await.unwrap(), 1);
+    assert_eq!(s.family_of(&ra2, t0()).await.unwrap(), None);
+    assert_eq!(
+        s.family_of(&rb1, t0()).await.unwrap(),
+        Some(b1.clone()),
+        "other users untouched"
+    );
+
+    // Past its absolute lifetime a family is invalid, and purge removes it.
+    let later = t0() + Duration::days(31);
+    assert_eq!(s.family_of(&rb1, later).await.unwrap(), None);
+    assert_eq!(
+        s.rotate(&rb1, &hash(), later, NO_GRACE).await.unwrap(),
+        RotateOutcome::Invalid
+    );
+    assert!(s.purge_tokens(later).await.unwrap() >= 4);
+    assert!(!s.is_denied("jti-1", b1.id, later).await.unwrap());
+}
+
+/// Generate the token-store conformance tests for a backend.
+#[macro_export]
+macro_rules! token_store_conformance {
+    ($name:ident, $make:path) => {
+        mod $name {
+            use $crate::conformance as c;
+            #[tokio::test]
+            async fn rotation_and_reuse() {
+                let f = $make().await;
+                c::rotation_and_reuse(&*f.store).await
+            }
+            #[tokio::test]
+            async fn reuse_grace() {
+                let f = $make().await;
+                c::reuse_grace(&*f.store).await
+            }
+            #[tokio::test]
+            async fn deny_revoke_and_purge() {
+                let f = $make().await;
+                c::deny_revoke_and_purge(&*f.store).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn concurrent_rotation_has_one_winner() {
+                let f = $make().await;
+                c::concurrent_rotation_has_one_winner(f.store.clone()).await
+            }
+        }
+    };
+}

@@ -65,6 +65,23 @@ pub async fn sqlite_users() -> Fixture<dyn UserStore> {
     }
 }
 
+/// SQLite as a token store.
+pub async fn sqlite_tokens() -> Fixture<dyn keyward_core::TokenStore> {
+    let f = sqlite_fixture().await;
+    Fixture {
+        store: f.store,
+        keep: f.keep,
+    }
+}
+
+/// The in-memory token store.
+pub async fn memory_tokens() -> Fixture<dyn keyward_core::TokenStore> {
+    Fixture {
+        store: Arc::new(MemorySessionStore::new()),
+        keep: vec![],
+    }
+}
+
 /// The in-memory session store.
 pub async fn memory_sessions() -> Fixture<dyn SessionStore> {
     Fixture {
@@ -192,6 +209,7 @@ pub struct AppOptions {
     pub access_ttl: time::Duration,
     pub refresh_ttl: time::Duration,
     pub algorithm: SigningAlg,
+    pub refresh_reuse_grace: time::Duration,
     pub introspection_token: Option<String>,
 }
 
@@ -206,6 +224,7 @@ impl Default for AppOptions {
             access_ttl: time::Duration::minutes(15),
             refresh_ttl: time::Duration::days(30),
             algorithm: SigningAlg::EdDSA,
+            refresh_reuse_grace: time::Duration::ZERO,
             introspection_token: Some(INTROSPECTION_TOKEN.to_owned()),
         }
     }
@@ -292,6 +311,7 @@ pub async fn spawn_app_with(opts: AppOptions) -> TestApp {
                 access_ttl: opts.access_ttl,
                 refresh_ttl: opts.refresh_ttl,
                 algorithm: opts.algorithm,
+                refresh_reuse_grace: opts.refresh_reuse_grace,
             },
         )
         .await

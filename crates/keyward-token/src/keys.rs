@@ -112,6 +112,12 @@ impl Kek {
         Aes256Gcm::new_from_slice(&self.0).map_err(|_| KeyError::Unseal)
     }
 
+    /// A 32-byte key for another purpose, derived with HMAC-SHA256 under a fixed label, so the
+    /// KEK itself is used only for sealing.
+    pub fn derive(&self, label: &[u8]) -> [u8; 32] {
+        keyward_core::secret::hmac_sha256(&self.0, label)
+    }
+
     /// Seal `plain` (bound to `kid`): nonce ‖ ciphertext.
     pub fn seal(&self, kid: &str, plain: &[u8]) -> Result<Vec<u8>, KeyError> {
         let mut nonce = [0u8; 12];

@@ -31,6 +31,9 @@ pub struct TokenConfig {
     pub refresh_ttl: Duration,
     /// Algorithm of newly generated keys.
     pub algorithm: SigningAlg,
+    /// How long after a refresh the used token may be presented again and receive the same
+    /// successor (a client that lost the answer); zero: never, any replay is reuse.
+    pub refresh_reuse_grace: Duration,
 }
 
 /// What the token side can fail with.
@@ -120,6 +123,8 @@ pub struct TokenService {
     tokens: DynTokenStore,
     key_store: DynKeyStore,
     kek: Kek,
+    /// Derives each refresh token's successor, so a retry within the grace gets the same one.
+    successor_key: [u8; 32],
     keyring: RwLock<Arc<Keyring>>,
     config: TokenConfig,
 }
@@ -148,11 +153,13 @@ impl TokenService {
         kek: Kek,
         config: TokenConfig,
     ) -> Result<Self, TokenError> {
+        let successor_key = kek.derive(b"keyward refresh-token successor v1");
         let svc = Self {
             auth,
             tokens,
             key_store,
             kek,
+            successor_key,
             keyring: RwLock::new(Arc::new(Keyring::default())),
             config,
         };
@@ -266,10 +273,14 @@ impl TokenService {
         let Some(presented) = SessionToken::parse(presented) else {
             return Err(TokenError::InvalidGrant);
         };
-        let next = SessionToken::generate().map_err(|_| TokenError::Key(KeyError::Random))?;
+        // The successor is a function of the presented token under a server secret: 256 bits no
+        // one else can compute, and the same on a retry, so a retry within the grace receives
+        // the successor already stored, never a second one.
+        let next = SessionToken::derive(&self.successor_key, presented.expose());
+        let grace = self.config.refresh_reuse_grace;
         match self
             .tokens
-            .rotate(&presented.hash(), &next.hash(), self.now())
+            .rotate(&presented.hash(), &next.hash(), self.now(), grace)
             .await?
         {
             RotateOutcome::Rotated(family) => {

@@ -37,6 +37,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A duration that may be zero (`0s`, `0`, `5s`).
+pub fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("'{s}' is not a duration like 0s, 5s or 1m ({e})"))
+}
+
 /// A network or a single address (`10.0.0.0/8`, `127.0.0.1`).
 pub fn parse_net(s: &str) -> Result<IpNet, String> {
     let s = s.trim();
@@ -142,6 +151,10 @@ pub struct SettingsArgs {
     /// Lifetime of a refresh-token family [default: 30d].
     #[arg(long, env = "KEYWARD_REFRESH_TOKEN_TTL", value_name = "DUR", value_parser = parse_duration, global = true)]
     pub refresh_token_ttl: Option<Duration>,
+    /// A used refresh token presented again within this time gets the same successor instead
+    /// of revoking its family (a client that lost the answer) [default: 0s, never].
+    #[arg(long, env = "KEYWARD_REFRESH_REUSE_GRACE", value_name = "DUR", value_parser = parse_duration_or_zero, global = true)]
+    pub refresh_reuse_grace: Option<Duration>,
     /// `iss` of issued tokens [default: the public URL].
     #[arg(long, env = "KEYWARD_ISSUER", value_name = "URL", global = true)]
     pub issuer: Option<String>,
@@ -227,6 +240,7 @@ struct FileSettings {
     absolute_timeout: Option<String>,
     access_token_ttl: Option<String>,
     refresh_token_ttl: Option<String>,
+    refresh_reuse_grace: Option<String>,
     issuer: Option<String>,
     audience: Option<String>,
     open_registration: Option<bool>,
@@ -278,6 +292,7 @@ pub struct Settings {
     pub absolute_timeout: Duration,
     pub access_token_ttl: Duration,
     pub refresh_token_ttl: Duration,
+    pub refresh_reuse_grace: Duration,
     pub issuer: String,
     /// True when no setting named the issuer: it follows the public URL.
     pub issuer_derived: bool,
@@ -444,6 +459,21 @@ impl Settings {
             file.login_failure_window.as_deref(),
             Duration::from_secs(15 * MIN),
         )?;
+        let refresh_reuse_grace = match args.refresh_reuse_grace {
+            Some(d) => d,
+            None => file_value(
+                "refresh-reuse-grace",
+                file.refresh_reuse_grace.as_deref(),
+                parse_duration_or_zero,
+            )?
+            .unwrap_or(Duration::ZERO),
+        };
+        if refresh_reuse_grace > Duration::from_secs(300) {
+            return Err(bad(
+                "refresh-reuse-grace",
+                "must be at most 5m: it is for retries, not for sharing tokens",
+            ));
+        }
         let issuer_given = args.issuer.clone().or(file.issuer);
         let issuer_derived = issuer_given.is_none();
         let issuer =
@@ -537,6 +567,7 @@ impl Settings {
             absolute_timeout,
             access_token_ttl,
             refresh_token_ttl,
+            refresh_reuse_grace,
             issuer,
             issuer_derived,
             audience,

@@ -52,6 +52,7 @@ pub fn token_config(settings: &Settings) -> TokenConfig {
         audience: settings.audience.clone(),
         access_ttl: dur(settings.access_token_ttl),
         refresh_ttl: dur(settings.refresh_token_ttl),
+        refresh_reuse_grace: dur(settings.refresh_reuse_grace),
         algorithm: match settings.token_algorithm {
             TokenAlgorithm::EdDSA => SigningAlg::EdDSA,
             TokenAlgorithm::ES256 => SigningAlg::ES256,

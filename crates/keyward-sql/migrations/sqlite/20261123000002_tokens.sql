@@ -15,7 +15,9 @@ CREATE INDEX refresh_families_by_expiry ON refresh_families (expires_at);
 CREATE TABLE refresh_tokens (
     token_hash  BLOB    PRIMARY KEY NOT NULL,
     family_id   TEXT    NOT NULL,
-    used_at     INTEGER
+    used_at     INTEGER,
+    -- Set when used: the hash of the token that replaced it (for the reuse grace).
+    successor   BLOB
 ) WITHOUT ROWID;
 CREATE INDEX refresh_tokens_by_family ON refresh_tokens (family_id);
 

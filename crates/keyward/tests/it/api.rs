@@ -667,6 +667,11 @@ async fn openapi_documents_every_route() {
         ("/", "get"),
         ("/register", "get"),
         ("/account", "get"),
+        ("/v1/token", "post"),
+        ("/v1/token/revoke", "post"),
+        ("/v1/token/introspect", "post"),
+        ("/.well-known/jwks.json", "get"),
+        ("/.well-known/oauth-authorization-server", "get"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),

@@ -23,4 +23,6 @@ keyward_testkit::session_store_conformance!(
     sqlite_memory_session_store,
     keyward_testkit::sqlite_memory_sessions
 );
+keyward_testkit::token_store_conformance!(memory_token_store, keyward_testkit::memory_tokens);
+keyward_testkit::token_store_conformance!(sqlite_token_store, keyward_testkit::sqlite_tokens);
 keyward_testkit::user_store_conformance!(sqlite_user_store, keyward_testkit::sqlite_users);

@@ -781,3 +781,37 @@ async fn key_rotation_keeps_old_tokens_until_they_expire_then_retires_the_key() 
     let (fresh, _) = pair(&app, "rob").await;
     assert_eq!(me(&app, &fresh).await, 200);
 }
+
+#[tokio::test]
+async fn a_retry_within_the_grace_gets_the_same_successor_never_a_second_one() {
+    let app = spawn_app_with(AppOptions {
+        refresh_reuse_grace: Duration::seconds(30),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(app.register("gus", PW).await.status(), 201);
+    let (_, r0) = pair(&app, "gus").await;
+    let first: Value = refresh(&app, &r0).await.json().await.unwrap();
+    app.clock.advance(Duration::seconds(5));
+    let res = refresh(&app, &r0).await;
+    assert_eq!(res.status(), 200, "a retry of a lost answer");
+    let retry: Value = res.json().await.unwrap();
+    assert_eq!(
+        retry["refresh_token"], first["refresh_token"],
+        "the same successor"
+    );
+    let r1 = first["refresh_token"].as_str().unwrap().to_owned();
+    let res = refresh(&app, &r1).await;
+    assert_eq!(res.status(), 200);
+    let r2 = res.json::<Value>().await.unwrap()["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Its successor has been used: presenting r0 now is reuse, grace or not.
+    assert_eq!(refresh(&app, &r0).await.status(), 400);
+    assert_eq!(
+        refresh(&app, &r2).await.status(),
+        400,
+        "the family is revoked"
+    );
+}
