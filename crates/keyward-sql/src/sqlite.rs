@@ -32,8 +32,8 @@ pub struct SqliteStore {
     path: Option<std::path::PathBuf>,
 }
 
-/// Read-only connections for session look-ups, used inline on the calling thread.
-struct ReadPool {
+/// Read-only connections for the hot-path look-ups, used inline on the calling thread.
+pub(crate) struct ReadPool {
     conns: Vec<Mutex<rusqlite::Connection>>,
     next: AtomicUsize,
 }
@@ -65,20 +65,36 @@ impl ReadPool {
         })
     }
 
-    /// The session with this hash, or `Err` when the inline path could not answer.
-    fn get(&self, hash: &TokenHash) -> Result<Option<SessionRecord>, ()> {
+    /// A free connection (or the next one, waited for: queries take microseconds).
+    fn conn(&self) -> Result<std::sync::MutexGuard<'_, rusqlite::Connection>, ()> {
         let n = self.conns.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let free = (0..n).find_map(|i| self.conns.get((start + i) % n)?.try_lock().ok());
-        let conn = match free {
-            Some(c) => c,
-            None => self
+        match free {
+            Some(c) => Ok(c),
+            None => Ok(self
                 .conns
                 .get(start % n)
                 .ok_or(())?
                 .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        };
+                .unwrap_or_else(PoisonError::into_inner)),
+        }
+    }
+
+    /// Whether an access token is denied (see `TokenStore::is_denied`), or `Err` when the
+    /// inline path could not answer.
+    pub(crate) fn is_denied(&self, jti: &str, sid: &str, now_ms: i64) -> Result<bool, ()> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached(IS_DENIED).map_err(|_| ())?;
+        let denied: i64 = stmt
+            .query_row(rusqlite::params![jti, sid, now_ms], |r| r.get(0))
+            .map_err(|_| ())?;
+        Ok(denied != 0)
+    }
+
+    /// The session with this hash, or `Err` when the inline path could not answer.
+    fn get(&self, hash: &TokenHash) -> Result<Option<SessionRecord>, ()> {
+        let conn = self.conn()?;
         let mut stmt = conn
             .prepare_cached(&format!(
                 "SELECT {SESSION_COLUMNS} FROM sessions WHERE token_hash = ?1"
@@ -103,6 +119,11 @@ impl ReadPool {
         }))
     }
 }
+
+/// Is this `jti` denied, or this family (`sid`) revoked: one query, one round trip.
+pub(crate) const IS_DENIED: &str =
+    "SELECT EXISTS (SELECT 1 FROM denied_tokens WHERE jti = ?1 AND expires_at > ?3) \
+     OR EXISTS (SELECT 1 FROM refresh_families WHERE id = ?2 AND revoked_at IS NOT NULL)";
 
 const SESSION_COLUMNS: &str =
     "token_hash, id, user_id, username, created_at, last_seen_at, expires_at, ip, user_agent";
@@ -179,6 +200,11 @@ impl SqliteStore {
     /// The sqlx pool.
     pub(crate) fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// The inline readers, when the database is a file.
+    pub(crate) fn readers(&self) -> Option<&ReadPool> {
+        self.readers.as_deref()
     }
 
     /// Close the pool.

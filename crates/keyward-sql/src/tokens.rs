@@ -214,16 +214,20 @@ impl TokenStore for SqliteStore {
     }
 
     async fn is_denied(&self, jti: &str, sid: SessionId, now: OffsetDateTime) -> StoreResult<bool> {
-        let denied: i64 = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM denied_tokens WHERE jti = ?1 AND expires_at > ?3) \
-                 OR EXISTS (SELECT 1 FROM refresh_families WHERE id = ?2 AND revoked_at IS NOT NULL)",
-        )
-        .bind(jti)
-        .bind(sid.to_string())
-        .bind(to_unix_ms(now))
-        .fetch_one(self.pool())
-        .await
-        .map_err(store_error)?;
+        let sid_text = sid.to_string();
+        if let Some(denied) = self
+            .readers()
+            .and_then(|r| r.is_denied(jti, &sid_text, to_unix_ms(now)).ok())
+        {
+            return Ok(denied);
+        }
+        let denied: i64 = sqlx::query_scalar(crate::sqlite::IS_DENIED)
+            .bind(jti)
+            .bind(sid.to_string())
+            .bind(to_unix_ms(now))
+            .fetch_one(self.pool())
+            .await
+            .map_err(store_error)?;
         Ok(denied != 0)
     }
 
