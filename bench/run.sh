@@ -12,6 +12,7 @@
 # session cookie and 401 without. Then (1 and 2 each after a WARMUP run with the same settings):
 #   1. GET /healthz                 wrk -t1 -c64 -dDURATION --latency   (no-auth baseline)
 #   2. GET /v1/sessions/current     the same, with the cookie            (validated route)
+#      GET /v1/me                   with the cookie, then with a bearer access token
 #   3. GET /v1/sessions/current again, while a second wrk runs a login burst for the same
 #      DURATION: POST /v1/sessions with the user's credentials on 4 connections (bench/login.lua).
 #      Every login hashes a password (Argon2id) and creates a session.
@@ -182,6 +183,12 @@ login_once() {
   [[ $with == 200 && $without == 401 ]] ||
     die "$mode: GET /v1/sessions/current gave $with with the cookie and $without without (want 200/401)"
   log "$mode: /v1/sessions/current is $with with the cookie, $without without"
+  # A bearer access token for the same user (password grant).
+  ACCESS=$(curl -s --max-time 30 -d grant_type=password -d "username=$BENCH_USER" \
+    -d "password=$BENCH_PASSWORD" "$BASE/v1/token" | sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p')
+  [[ -n $ACCESS ]] || die "$mode: POST /v1/token gave no access token"
+  with=$(http_code -H "Authorization: Bearer $ACCESS" "$BASE/v1/me")
+  [[ $with == 200 ]] || die "$mode: GET /v1/me with the bearer token gave $with (want 200)"
 }
 
 # ---------------------------------------------------------------- runs
@@ -195,6 +202,12 @@ for mode in "${MODES[@]}"; do
 
   measure "$mode-current" "$BASE/v1/sessions/current" -H "Cookie: $COOKIE"
   ROWS+=("| $mode | GET /v1/sessions/current | $(printf '%.0f' "$RPS") | $(ratio "$RPS" "$health_rps") | $P50 | $P99 | $ERRORS |")
+
+  measure "$mode-me-cookie" "$BASE/v1/me" -H "Cookie: $COOKIE"
+  ROWS+=("| $mode | GET /v1/me (cookie) | $(printf '%.0f' "$RPS") | $(ratio "$RPS" "$health_rps") | $P50 | $P99 | $ERRORS |")
+
+  measure "$mode-me-bearer" "$BASE/v1/me" -H "Authorization: Bearer $ACCESS"
+  ROWS+=("| $mode | GET /v1/me (bearer, EdDSA) | $(printf '%.0f' "$RPS") | $(ratio "$RPS" "$health_rps") | $P50 | $P99 | $ERRORS |")
 
   # The same validated load, while a login burst runs beside it for the same duration.
   log "$mode: login burst (wrk -t1 -c$LOGIN_CONNS -d$DURATION -s bench/login.lua) + validated load"

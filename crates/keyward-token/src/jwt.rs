@@ -77,6 +77,11 @@ pub fn sign(
     encode(&header, claims, &key.encoding)
 }
 
+/// The `kid` in a token's header, if it has one.
+pub fn kid_of(token: &str) -> Option<String> {
+    decode_header(token).ok()?.kid
+}
+
 /// Verify a token against the keyring, the expected issuer and audience, at `now` (Unix s).
 pub fn verify(
     keys: &Keyring,

@@ -125,6 +125,10 @@ pub struct TokenService {
     kek: Kek,
     /// Derives each refresh token's successor, so a retry within the grace gets the same one.
     successor_key: [u8; 32],
+    /// Tokens whose signature and claims were verified, by the SHA-256 of their exact bytes:
+    /// a signature check costs tens of microseconds (docs/benchmarks.md), a hit well under
+    /// one. Time, key retirement and the deny list are checked again on every use.
+    verified: moka::sync::Cache<[u8; 32], Arc<(AccessClaims, String)>>,
     keyring: RwLock<Arc<Keyring>>,
     config: TokenConfig,
 }
@@ -136,6 +140,9 @@ impl std::fmt::Debug for TokenService {
             .finish_non_exhaustive()
     }
 }
+
+/// How many verified access tokens are remembered.
+const VERIFIED_CACHE_ENTRIES: u64 = 10_000;
 
 /// The client id in tokens: keyward has one public first-party client.
 pub const CLIENT_ID: &str = "keyward";
@@ -160,6 +167,13 @@ impl TokenService {
             key_store,
             kek,
             successor_key,
+            verified: moka::sync::Cache::builder()
+                .max_capacity(VERIFIED_CACHE_ENTRIES)
+                .time_to_live(
+                    std::time::Duration::try_from(config.access_ttl)
+                        .unwrap_or(std::time::Duration::from_secs(900)),
+                )
+                .build(),
             keyring: RwLock::new(Arc::new(Keyring::default())),
             config,
         };
@@ -305,14 +319,7 @@ impl TokenService {
     /// Verify a bearer access token and check the deny list: `None` when it is not valid.
     pub async fn authenticate(&self, token: &str) -> Result<Option<AccessClaims>, StoreError> {
         let now = self.now();
-        let ring = self.keyring();
-        let Ok(claims) = jwt::verify(
-            &ring,
-            token,
-            &self.config.issuer,
-            &self.config.audience,
-            unix(now),
-        ) else {
+        let Some(claims) = self.verified_claims(token, now) else {
             return Ok(None);
         };
         let Some(sid) = SessionId::parse(&claims.sid) else {
@@ -322,6 +329,31 @@ impl TokenService {
             return Ok(None);
         }
         Ok(Some(claims))
+    }
+
+    /// Signature and claims, from the cache of verified tokens or by verifying now.
+    fn verified_claims(&self, token: &str, now: OffsetDateTime) -> Option<AccessClaims> {
+        use sha2::{Digest, Sha256};
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let ring = self.keyring();
+        let now_s = unix(now);
+        if let Some(hit) = self.verified.get(&key) {
+            let (c, kid) = &*hit;
+            // The key may have retired, and time has moved since it was verified.
+            let live = ring.get(kid).is_some() && now_s < c.exp && c.nbf <= now_s + 5;
+            return live.then(|| c.clone());
+        }
+        let claims = jwt::verify(
+            &ring,
+            token,
+            &self.config.issuer,
+            &self.config.audience,
+            now_s,
+        )
+        .ok()?;
+        let kid = jwt::kid_of(token)?;
+        self.verified.insert(key, Arc::new((claims.clone(), kid)));
+        Some(claims)
     }
 
     /// RFC 7009: revoke a refresh token (its family, and so every access token issued from it)
