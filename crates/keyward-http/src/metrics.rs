@@ -51,7 +51,19 @@ fn describe() {
         "keyward_store_errors_total",
         "Store operations that failed, by store"
     );
+    metrics::describe_counter!(
+        "keyward_tokens_issued_total",
+        "Access tokens issued, by grant"
+    );
+    metrics::describe_counter!(
+        "keyward_refresh_reuse_total",
+        "Refresh tokens presented again after use (families revoked)"
+    );
     // Present from the start so dashboards see zeros, not gaps.
+    for grant in ["password", "refresh_token"] {
+        metrics::counter!("keyward_tokens_issued_total", "grant" => grant).increment(0);
+    }
+    metrics::counter!("keyward_refresh_reuse_total").increment(0);
     for result in ["ok", "failed", "throttled"] {
         metrics::counter!("keyward_logins_total", "result" => result).increment(0);
     }
