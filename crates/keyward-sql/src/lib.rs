@@ -5,9 +5,11 @@
 //! [`SessionStore`](keyward_core::SessionStore).
 #![deny(missing_docs)]
 
+mod postgres;
 mod sqlite;
 mod tokens;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 use keyward_core::StoreError;

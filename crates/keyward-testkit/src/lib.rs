@@ -10,6 +10,7 @@
 #![allow(missing_docs)]
 
 pub mod conformance;
+pub mod pg;
 
 use keyward_core::DynTokenStore;
 use keyward_core::{
@@ -53,6 +54,43 @@ pub async fn sqlite_memory_sessions() -> Fixture<dyn SessionStore> {
     Fixture {
         store: Arc::new(store),
         keep: vec![],
+    }
+}
+
+/// A fresh private PostgreSQL as every kind of store.
+pub async fn postgres_fixture() -> Fixture<keyward_sql::PostgresStore> {
+    let server = pg::PgServer::start().await;
+    let store = keyward_sql::PostgresStore::open(&server.url).await.unwrap();
+    Fixture {
+        store: Arc::new(store),
+        keep: vec![Box::new(server)],
+    }
+}
+
+/// PostgreSQL as a session store.
+pub async fn postgres_sessions() -> Fixture<dyn SessionStore> {
+    let f = postgres_fixture().await;
+    Fixture {
+        store: f.store,
+        keep: f.keep,
+    }
+}
+
+/// PostgreSQL as a user store.
+pub async fn postgres_users() -> Fixture<dyn UserStore> {
+    let f = postgres_fixture().await;
+    Fixture {
+        store: f.store,
+        keep: f.keep,
+    }
+}
+
+/// PostgreSQL as a token store.
+pub async fn postgres_tokens() -> Fixture<dyn keyward_core::TokenStore> {
+    let f = postgres_fixture().await;
+    Fixture {
+        store: f.store,
+        keep: f.keep,
     }
 }
 

@@ -130,6 +130,9 @@ pub struct TokenService {
     /// one. Time, key retirement and the deny list are checked again on every use.
     verified: moka::sync::Cache<[u8; 32], Arc<(AccessClaims, String)>>,
     keyring: RwLock<Arc<Keyring>>,
+    /// When an unknown `kid` last made us read the keys again (Unix ms): at most once per
+    /// five seconds, so garbage `kid`s cannot turn into store load.
+    last_reload_ms: std::sync::atomic::AtomicI64,
     config: TokenConfig,
 }
 
@@ -175,6 +178,7 @@ impl TokenService {
                 )
                 .build(),
             keyring: RwLock::new(Arc::new(Keyring::default())),
+            last_reload_ms: std::sync::atomic::AtomicI64::new(0),
             config,
         };
         if svc.key_store.list_keys().await?.is_empty() {
@@ -319,8 +323,20 @@ impl TokenService {
     /// Verify a bearer access token and check the deny list: `None` when it is not valid.
     pub async fn authenticate(&self, token: &str) -> Result<Option<AccessClaims>, StoreError> {
         let now = self.now();
-        let Some(claims) = self.verified_claims(token, now) else {
-            return Ok(None);
+        let claims = match self.verified_claims(token, now) {
+            Ok(c) => c,
+            // Another node (or `keyward keys rotate`) may have added a key since we last
+            // looked: read the keys again, at most every few seconds, and try once more.
+            Err(jwt::Rejected::UnknownKey) if self.may_reload(now) => {
+                if let Err(e) = self.reload_keys().await {
+                    tracing::warn!(error = %e, "reloading signing keys for an unknown kid failed");
+                }
+                match self.verified_claims(token, now) {
+                    Ok(c) => c,
+                    Err(_) => return Ok(None),
+                }
+            }
+            Err(_) => return Ok(None),
         };
         let Some(sid) = SessionId::parse(&claims.sid) else {
             return Ok(None);
@@ -331,8 +347,23 @@ impl TokenService {
         Ok(Some(claims))
     }
 
+    fn may_reload(&self, now: OffsetDateTime) -> bool {
+        use std::sync::atomic::Ordering;
+        let now_ms = keyward_core::clock::to_unix_ms(now);
+        let last = self.last_reload_ms.load(Ordering::Relaxed);
+        now_ms.saturating_sub(last) >= 5_000
+            && self
+                .last_reload_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
     /// Signature and claims, from the cache of verified tokens or by verifying now.
-    fn verified_claims(&self, token: &str, now: OffsetDateTime) -> Option<AccessClaims> {
+    fn verified_claims(
+        &self,
+        token: &str,
+        now: OffsetDateTime,
+    ) -> Result<AccessClaims, jwt::Rejected> {
         use sha2::{Digest, Sha256};
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let ring = self.keyring();
@@ -341,7 +372,11 @@ impl TokenService {
             let (c, kid) = &*hit;
             // The key may have retired, and time has moved since it was verified.
             let live = ring.get(kid).is_some() && now_s < c.exp && c.nbf <= now_s + 5;
-            return live.then(|| c.clone());
+            return if live {
+                Ok(c.clone())
+            } else {
+                Err(jwt::Rejected::Invalid)
+            };
         }
         let claims = jwt::verify(
             &ring,
@@ -349,11 +384,10 @@ impl TokenService {
             &self.config.issuer,
             &self.config.audience,
             now_s,
-        )
-        .ok()?;
-        let kid = jwt::kid_of(token)?;
+        )?;
+        let kid = jwt::kid_of(token).ok_or(jwt::Rejected::UnknownKey)?;
         self.verified.insert(key, Arc::new((claims.clone(), kid)));
-        Some(claims)
+        Ok(claims)
     }
 
     /// RFC 7009: revoke a refresh token (its family, and so every access token issued from it)

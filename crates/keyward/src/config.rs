@@ -332,26 +332,17 @@ fn enum_value<T: ValueEnum>(s: &str) -> Result<T, String> {
 fn check_store_url(setting: &str, url: &str, allow_memory: bool) -> Result<(), ConfigError> {
     let scheme = url.split(':').next().unwrap_or_default();
     match scheme {
-        "sqlite" => Ok(()),
+        "sqlite" | "postgres" | "postgresql" => Ok(()),
         "memory" if allow_memory && url == "memory" => Ok(()),
-        "postgres" | "postgresql" | "redis" | "rediss" | "redis+sentinel" | "redis+cluster" => {
-            Err(bad(
-                setting,
-                format!(
-                    "{scheme}:// is not supported by this build yet (use sqlite://PATH{})",
-                    if allow_memory { " or memory" } else { "" }
-                ),
-            ))
-        }
+        "redis" | "rediss" | "redis+sentinel" | "redis+cluster" if allow_memory => Err(bad(
+            setting,
+            format!("{scheme}:// is not supported by this build yet (use sqlite://PATH, postgres://… or memory)"),
+        )),
         _ => Err(bad(
             setting,
             format!(
                 "'{url}' is not a supported URL (sqlite://PATH, postgres://…{})",
-                if allow_memory {
-                    ", redis://…, memory"
-                } else {
-                    ""
-                }
+                if allow_memory { ", memory" } else { "" }
             ),
         )),
     }

@@ -114,10 +114,11 @@ pub async fn serve(mut settings: Settings) -> anyhow::Result<()> {
     let kw = Keyward::new(auth, Some(tokens), http);
     tracing::info!(%addr, public_url = %settings.public_url, issuer = %settings.issuer, database = %redact_url(&settings.database), session_store = %redact_url(&settings.session_store), "keyward listening");
 
-    // Once a minute: drop what has expired, and pick up signing keys rotated elsewhere.
+    // Every 30 s: drop what has expired, and pick up signing keys rotated elsewhere (the
+    // contract promises within a minute).
     let background = kw.clone();
     tokio::spawn(async move {
-        let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
         every.tick().await;
         loop {
             every.tick().await;

@@ -2,7 +2,7 @@
 
 use crate::config::{ConfigError, Settings};
 use keyward_core::{DynKeyStore, DynSessionStore, DynTokenStore, DynUserStore, MemorySessionStore};
-use keyward_sql::SqliteStore;
+use keyward_sql::{PostgresStore, SqliteStore};
 use keyward_token::Kek;
 use std::io::Write;
 use std::sync::Arc;
@@ -24,19 +24,41 @@ fn open_error(setting: &str, e: impl std::fmt::Display) -> ConfigError {
     }
 }
 
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
 /// Open (and migrate) the users database and the session store.
 pub async fn open(settings: &Settings) -> Result<Stores, ConfigError> {
-    let db = Arc::new(
-        SqliteStore::open(&settings.database)
-            .await
-            .map_err(|e| open_error("database", e))?,
-    );
+    let (users, keys, db_sessions): (DynUserStore, DynKeyStore, (DynSessionStore, DynTokenStore)) =
+        if is_postgres(&settings.database) {
+            let db = Arc::new(
+                PostgresStore::open(&settings.database)
+                    .await
+                    .map_err(|e| open_error("database", e))?,
+            );
+            (db.clone(), db.clone(), (db.clone(), db))
+        } else {
+            let db = Arc::new(
+                SqliteStore::open(&settings.database)
+                    .await
+                    .map_err(|e| open_error("database", e))?,
+            );
+            (db.clone(), db.clone(), (db.clone(), db))
+        };
     let (sessions, tokens): (DynSessionStore, DynTokenStore) =
         if settings.session_store == settings.database {
-            (db.clone(), db.clone())
+            db_sessions
         } else if settings.session_store == "memory" {
             let m = Arc::new(MemorySessionStore::new());
             (m.clone(), m)
+        } else if is_postgres(&settings.session_store) {
+            let s = Arc::new(
+                PostgresStore::open(&settings.session_store)
+                    .await
+                    .map_err(|e| open_error("session-store", e))?,
+            );
+            (s.clone(), s)
         } else {
             let s = Arc::new(
                 SqliteStore::open(&settings.session_store)
@@ -46,10 +68,10 @@ pub async fn open(settings: &Settings) -> Result<Stores, ConfigError> {
             (s.clone(), s)
         };
     Ok(Stores {
-        users: db.clone(),
+        users,
         sessions,
         tokens,
-        keys: db,
+        keys,
     })
 }
 

@@ -12,6 +12,7 @@
 mod api;
 mod browser;
 mod crosssite;
+mod example;
 mod expiry;
 mod process;
 mod throttle;
@@ -25,4 +26,10 @@ keyward_testkit::session_store_conformance!(
 );
 keyward_testkit::token_store_conformance!(memory_token_store, keyward_testkit::memory_tokens);
 keyward_testkit::token_store_conformance!(sqlite_token_store, keyward_testkit::sqlite_tokens);
+keyward_testkit::session_store_conformance!(
+    postgres_session_store,
+    keyward_testkit::postgres_sessions
+);
+keyward_testkit::token_store_conformance!(postgres_token_store, keyward_testkit::postgres_tokens);
+keyward_testkit::user_store_conformance!(postgres_user_store, keyward_testkit::postgres_users);
 keyward_testkit::user_store_conformance!(sqlite_user_store, keyward_testkit::sqlite_users);

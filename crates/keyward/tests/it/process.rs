@@ -613,3 +613,80 @@ async fn signing_keys_are_sealed_and_rotated_from_the_cli() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("could not be decrypted"));
 }
+
+#[tokio::test]
+async fn two_servers_on_one_postgres_behave_as_one() {
+    let pg = keyward_testkit::pg::PgServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Without a SQLite file to keep it beside, the key-encryption key must be given.
+    let out = Command::new(BIN)
+        .args(["serve", "--bind", "127.0.0.1:0", "--database", &pg.url])
+        .current_dir(dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .next()
+        .unwrap()
+        .contains("key-encryption-key"));
+
+    let kek = keyward_token::Kek::generate().unwrap().to_text();
+    // A fleet shares one public URL (the load balancer's), hence one issuer.
+    let args = [
+        "--database",
+        pg.url.as_str(),
+        "--key-encryption-key",
+        kek.as_str(),
+        "--public-url",
+        "http://auth.fleet.test",
+    ];
+    let a = Server::start(dir.path(), &args).await;
+    let b = Server::start(dir.path(), &args).await;
+    let cookie = register_and_login(&a.base, "pat", PW).await;
+    assert_eq!(me(&a.base, &cookie).await, 200);
+    assert_eq!(
+        me(&b.base, &cookie).await,
+        200,
+        "a session made on one node is valid on the other"
+    );
+    let c = client();
+    let res = c
+        .post(b.url("/v1/token"))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", "pat"),
+            ("password", PW),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let access = res.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = c
+        .get(a.url("/v1/me"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "both nodes share the signing keys");
+    let res = c
+        .delete(b.url("/v1/sessions/current"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(
+        me(&a.base, &cookie).await,
+        401,
+        "a logout on one node holds on the other"
+    );
+    assert_eq!(me(&b.base, &cookie).await, 401);
+    a.stop().await;
+    b.stop().await;
+}
