@@ -262,11 +262,14 @@ impl AuthService {
         if password.expose().chars().count() > PASSWORD_MAX {
             return Err(AuthError::TooLong("password"));
         }
-        if let Err(retry_after) = self.throttle.check(username, ip) {
-            failure("throttled");
-            tracing::warn!(target: AUDIT, event = "login_throttled", username, ip = %show_ip(ip));
-            return Err(AuthError::Throttled { retry_after });
-        }
+        let attempt = match self.throttle.begin(username, ip) {
+            Ok(a) => a,
+            Err(retry_after) => {
+                failure("throttled");
+                tracing::warn!(target: AUDIT, event = "login_throttled", username, ip = %show_ip(ip));
+                return Err(AuthError::Throttled { retry_after });
+            }
+        };
         let user = match Username::parse(username) {
             Ok(name) => self.users.user_by_name(name.as_str()).await?,
             Err(_) => None,
@@ -276,7 +279,7 @@ impl AuthService {
             .verify(password, user.as_ref().map(|u| u.password_hash.as_str()))
             .await?;
         let Some(mut user) = user.filter(|u| verified.ok && !u.locked) else {
-            self.throttle.record_failure(username, ip);
+            attempt.failed();
             failure("failed");
             tracing::info!(target: AUDIT, event = "login_failed", username, ip = %show_ip(ip));
             return Err(AuthError::InvalidCredentials);
@@ -295,7 +298,7 @@ impl AuthService {
                 Err(e) => tracing::warn!(error = %e, "could not upgrade the password hash"),
             }
         }
-        self.throttle.reset_account(username);
+        attempt.succeeded();
         Ok(user)
     }
 
@@ -377,6 +380,14 @@ impl AuthService {
     /// Revoke one session by public id: only the owner's when `owner` is given.
     pub async fn revoke_session(&self, id: SessionId, owner: Option<UserId>) -> AuthResult<bool> {
         let Some(s) = self.sessions.delete_by_id(id, owner).await? else {
+            // The admin path also takes a token family's id (the `sid` of its tokens).
+            if let (None, Some(t)) = (owner, &self.tokens) {
+                let revoked = t.revoke_family(id, self.clock.now()).await?;
+                if revoked {
+                    tracing::info!(target: AUDIT, event = "token_family_revoked", sid = %id);
+                }
+                return Ok(revoked);
+            }
             return Ok(false);
         };
         metrics::counter!("keyward_sessions_revoked_total", "reason" => "revoked").increment(1);
@@ -391,6 +402,8 @@ impl AuthService {
         keep: Option<SessionId>,
     ) -> AuthResult<u64> {
         let n = self.sessions.delete_for_user(user, keep).await?;
+        // "Everywhere else" includes the apps signed in with tokens.
+        self.revoke_token_families(user).await?;
         metrics::counter!("keyward_sessions_revoked_total", "reason" => "revoked").increment(n);
         tracing::info!(target: AUDIT, event = "sessions_revoked", user_id = %user, count = n, kept = ?keep);
         Ok(n)
@@ -410,9 +423,10 @@ impl AuthService {
             return Err(AuthError::TooLong("current_password"));
         }
         password::check_policy(new, &[session.username.as_str()])?;
-        if let Err(retry_after) = self.throttle.check(&session.username, client.ip) {
-            return Err(AuthError::Throttled { retry_after });
-        }
+        let attempt = self
+            .throttle
+            .begin(&session.username, client.ip)
+            .map_err(|retry_after| AuthError::Throttled { retry_after })?;
         let user = self
             .users
             .user_by_id(session.user_id)
@@ -423,7 +437,7 @@ impl AuthService {
             .verify(current, Some(&user.password_hash))
             .await?;
         if !verified.ok {
-            self.throttle.record_failure(&session.username, client.ip);
+            attempt.failed();
             tracing::info!(target: AUDIT, event = "password_change_failed", user_id = %user.id);
             return Err(AuthError::WrongCurrentPassword);
         }

@@ -44,6 +44,50 @@ pub struct LoginThrottle {
     clock: SharedClock,
     config: ThrottleConfig,
     failures: Mutex<HashMap<Key, VecDeque<OffsetDateTime>>>,
+    /// Attempts that passed the check and are still being verified: they count against the
+    /// limit too, so a burst of concurrent guesses cannot all slip in before the first
+    /// failure is recorded.
+    in_flight: Mutex<HashMap<Key, usize>>,
+}
+
+/// An attempt admitted by [`LoginThrottle::begin`]. Say how it ended with
+/// [`Attempt::failed`] or [`Attempt::succeeded`]; dropping it otherwise (an error, a
+/// cancelled request) just releases its place.
+#[must_use]
+pub struct Attempt<'a> {
+    throttle: &'a LoginThrottle,
+    account: String,
+    address: Option<IpAddr>,
+}
+
+impl Attempt<'_> {
+    /// The credentials were wrong: count a failure.
+    pub fn failed(self) {
+        self.throttle.record_failure(&self.account, self.address);
+    }
+
+    /// The credentials were right: forget the account's failures.
+    pub fn succeeded(self) {
+        self.throttle.reset_account(&self.account);
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        let mut flying = self
+            .throttle
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for key in LoginThrottle::keys(&self.account, self.address) {
+            if let Some(n) = flying.get_mut(&key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    flying.remove(&key);
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for LoginThrottle {
@@ -61,6 +105,7 @@ impl LoginThrottle {
             clock,
             config,
             failures: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
         }
     }
 
@@ -97,6 +142,38 @@ impl LoginThrottle {
         } else {
             Ok(())
         }
+    }
+
+    /// Admit an attempt, atomically with the check: `Err(retry_after)` when the account or the
+    /// address is over its limit counting the attempts still in progress.
+    pub fn begin(&self, account: &str, address: Option<IpAddr>) -> Result<Attempt<'_>, Duration> {
+        let mut flying = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.check(account, address)?;
+        let now = self.clock.now();
+        let cutoff = now - self.config.window;
+        {
+            let failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+            for key in Self::keys(account, address) {
+                let recent = failures
+                    .get(&key)
+                    .map_or(0, |q| q.iter().filter(|t| **t > cutoff).count());
+                if recent + flying.get(&key).copied().unwrap_or(0) >= self.limit(&key) {
+                    // Free again as soon as an attempt in progress ends.
+                    return Err(Duration::seconds(1));
+                }
+            }
+        }
+        for key in Self::keys(account, address) {
+            *flying.entry(key).or_default() += 1;
+        }
+        Ok(Attempt {
+            throttle: self,
+            account: account.to_owned(),
+            address,
+        })
     }
 
     /// Count a failed attempt against the account and the address.
@@ -152,6 +229,36 @@ mod tests {
         assert_eq!(t.check("alice", None).unwrap_err(), Duration::minutes(5));
         clock.advance(Duration::minutes(5));
         assert!(t.check("alice", None).is_ok());
+    }
+
+    #[test]
+    fn attempts_in_progress_count_against_the_limit() {
+        let clock = Arc::new(ManualClock::starting_now());
+        let t = LoginThrottle::new(
+            clock,
+            ThrottleConfig {
+                per_account: 2,
+                per_address: 100,
+                window: Duration::minutes(15),
+            },
+        );
+        let a = t.begin("eve", None).unwrap();
+        let b = t.begin("eve", None).unwrap();
+        assert!(
+            t.begin("eve", None).is_err(),
+            "a third concurrent guess is refused"
+        );
+        drop(a);
+        let c = t.begin("eve", None).unwrap();
+        b.failed();
+        c.failed();
+        assert!(
+            t.begin("eve", None).is_err(),
+            "two failures: over the limit"
+        );
+        let ok = t.begin("bob", None).unwrap();
+        ok.succeeded();
+        assert!(t.begin("bob", None).is_ok());
     }
 
     #[test]

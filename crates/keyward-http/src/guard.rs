@@ -45,10 +45,15 @@ pub(crate) fn cross_site_refusal(
     path: &str,
     headers: &HeaderMap,
 ) -> Option<String> {
-    // Bearer requests carry no ambient credential; the token endpoints take no cookie; verify
-    // only reports who the caller is.
+    let cookie = !matches!(
+        session_cookie(headers, kw.cookie_name()),
+        CookieToken::Absent
+    );
+    // Bearer requests carry no ambient credential, but a bearer header exempts only requests
+    // without a session cookie (a cookie-only route must not skip the check because a header
+    // was added); the token endpoints take no cookie; verify only reports who the caller is.
     if !is_unsafe(method)
-        || has_bearer(headers)
+        || (has_bearer(headers) && !cookie)
         || path == "/v1/verify"
         || path.starts_with("/v1/token")
     {
@@ -56,10 +61,6 @@ pub(crate) fn cross_site_refusal(
     }
     // Cookie-authenticated requests, and form posts (which browsers send cross-site without
     // asking: login CSRF), are the ones a browser can be tricked into sending.
-    let cookie = !matches!(
-        session_cookie(headers, kw.cookie_name()),
-        CookieToken::Absent
-    );
     if !cookie && !is_form(headers) {
         return None;
     }

@@ -77,11 +77,21 @@ pub(crate) async fn track(req: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().as_str().to_owned();
+    // Known methods only: arbitrary method names must not mint new label values.
+    let method = match *req.method() {
+        axum::http::Method::GET => "GET",
+        axum::http::Method::HEAD => "HEAD",
+        axum::http::Method::POST => "POST",
+        axum::http::Method::PUT => "PUT",
+        axum::http::Method::PATCH => "PATCH",
+        axum::http::Method::DELETE => "DELETE",
+        axum::http::Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
     let start = Instant::now();
     let res = next.run(req).await;
     let status = res.status().as_u16().to_string();
-    metrics::counter!("keyward_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status).increment(1);
+    metrics::counter!("keyward_http_requests_total", "route" => route.clone(), "method" => method, "status" => status).increment(1);
     metrics::histogram!("keyward_http_request_duration_seconds", "route" => route, "method" => method)
         .record(start.elapsed().as_secs_f64());
     res

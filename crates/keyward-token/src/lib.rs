@@ -275,6 +275,13 @@ impl TokenService {
         };
         let refresh = SessionToken::generate().map_err(|_| TokenError::Key(KeyError::Random))?;
         self.tokens.create_family(&family, &refresh.hash()).await?;
+        // A password change, lock or delete that ran while the password was being checked
+        // must not leave a family behind: look again now that it exists, and undo it.
+        let current = self.auth.users().user_by_id(user.id).await?;
+        if !current.is_some_and(|c| !c.locked && c.password_hash == user.password_hash) {
+            self.tokens.revoke_family(family.id, now).await?;
+            return Err(TokenError::InvalidGrant);
+        }
         let (access_token, expires_in) = self.issue(&family)?;
         metrics::counter!("keyward_logins_total", "result" => "ok").increment(1);
         metrics::counter!("keyward_tokens_issued_total", "grant" => "password").increment(1);

@@ -465,6 +465,19 @@ impl Settings {
                 "must be at most 5m: it is for retries, not for sharing tokens",
             ));
         }
+        // Upper bounds keep every computed time representable and every value sensible.
+        const DAY: u64 = 86_400;
+        for (setting, value, max_days) in [
+            ("idle-timeout", idle_timeout, 365),
+            ("absolute-timeout", absolute_timeout, 3650),
+            ("access-token-ttl", access_token_ttl, 1),
+            ("refresh-token-ttl", refresh_token_ttl, 3650),
+            ("login-failure-window", login_failure_window, 1),
+        ] {
+            if value > Duration::from_secs(max_days * DAY) {
+                return Err(bad(setting, format!("must be at most {max_days}d")));
+            }
+        }
         let issuer_given = args.issuer.clone().or(file.issuer);
         let issuer_derived = issuer_given.is_none();
         let issuer =

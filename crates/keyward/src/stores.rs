@@ -97,22 +97,33 @@ pub fn key_encryption_key(settings: &Settings) -> Result<Kek, ConfigError> {
         Ok(text) => Kek::parse(&text)
             .ok_or_else(|| bad(format!("{} does not hold a valid key", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Write a temp file, then link it into place: the file appears whole or not at
+            // all, and of two processes starting at once the second uses the first one's key.
             let kek = Kek::generate().map_err(|e| bad(e.to_string()))?;
+            let mut tmp = path.clone().into_os_string();
+            tmp.push(format!(".tmp-{}", std::process::id()));
+            let tmp = std::path::PathBuf::from(tmp);
             let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create_new(true);
+            opts.write(true).create(true).truncate(true);
             #[cfg(unix)]
             std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-            let mut f = match opts.open(&path) {
-                Ok(f) => f,
-                // Another process created it first: use theirs.
+            let written = opts.open(&tmp).and_then(|mut f| {
+                f.write_all(kek.to_text().as_bytes())?;
+                f.sync_all()
+            });
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(bad(format!("cannot create {}: {e}", path.display())));
+            }
+            let linked = std::fs::hard_link(&tmp, &path);
+            let _ = std::fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => Ok(kek),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    return key_encryption_key(settings)
+                    key_encryption_key(settings)
                 }
-                Err(e) => return Err(bad(format!("cannot create {}: {e}", path.display()))),
-            };
-            f.write_all(kek.to_text().as_bytes())
-                .map_err(|e| bad(format!("cannot write {}: {e}", path.display())))?;
-            Ok(kek)
+                Err(e) => Err(bad(format!("cannot create {}: {e}", path.display()))),
+            }
         }
         Err(e) => Err(bad(format!("cannot read {}: {e}", path.display()))),
     }

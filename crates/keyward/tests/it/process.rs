@@ -176,6 +176,16 @@ async fn invalid_settings_exit_2_with_a_line_naming_the_setting() {
         ),
         (vec!["serve", "--bind", "nonsense"], vec![], "bind"),
         (
+            vec!["serve", "--absolute-timeout", "10000y"],
+            vec![],
+            "absolute-timeout",
+        ),
+        (
+            vec!["serve", "--access-token-ttl", "2000y"],
+            vec![],
+            "access-token-ttl",
+        ),
+        (
             vec!["serve", "--open-registration", "maybe"],
             vec![],
             "open-registration",

@@ -137,3 +137,38 @@ async fn forwarded_addresses_count_only_behind_a_trusted_proxy() {
         .unwrap();
     assert!(list.iter().any(|s| s["ip"] == "203.0.113.7"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_guesses_cannot_outrun_the_limit() {
+    let app = spawn_app_with(opts(3, 100)).await;
+    assert_eq!(app.register("cody", PW).await.status(), 201);
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let client = app.client.clone();
+        let url = app.url("/v1/sessions");
+        tasks.push(tokio::spawn(async move {
+            client
+                .post(url)
+                .json(&serde_json::json!({"username": "cody", "password": "wrong-password-1"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    // At most the limit's worth of guesses reached the password check.
+    assert!(
+        statuses.iter().filter(|s| **s == 401).count() <= 3,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 401 || *s == 429),
+        "{statuses:?}"
+    );
+    assert_eq!(app.login("cody", PW).await.status(), 429);
+}

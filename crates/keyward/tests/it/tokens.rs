@@ -815,3 +815,31 @@ async fn a_retry_within_the_grace_gets_the_same_successor_never_a_second_one() {
         "the family is revoked"
     );
 }
+
+#[tokio::test]
+async fn signing_out_everywhere_else_includes_token_clients() {
+    let app = spawn_app().await;
+    let cookie = app.signed_in("evan", PW).await;
+    let (access, refresh_token) = pair(&app, "evan").await;
+    assert_eq!(me(&app, &access).await, 200);
+    assert_eq!(app.delete_with("/v1/sessions", &cookie).await.status(), 204);
+    assert_eq!(me(&app, &access).await, 401);
+    assert_eq!(refresh(&app, &refresh_token).await.status(), 400);
+    assert_eq!(
+        app.get_with("/v1/me", &cookie).await.status(),
+        200,
+        "the current session stays"
+    );
+    // A bearer header does not exempt a cookie-carrying request from the cross-site rule.
+    let res = app
+        .client
+        .delete(app.url("/v1/sessions/current"))
+        .header("cookie", &cookie)
+        .bearer_auth("anything")
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    assert_eq!(app.get_with("/v1/me", &cookie).await.status(), 200);
+}
