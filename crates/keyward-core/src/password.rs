@@ -140,7 +140,7 @@ impl PasswordHasher {
         });
         let mut random = [0u8; 24];
         getrandom::fill(&mut random).map_err(HashError::Random)?;
-        let dummy_pw = base64_like(&random);
+        let dummy_pw = hex(&random);
         let dummy = hash_blocking(&params, &dummy_pw)?;
         Ok(Self {
             params,
@@ -193,7 +193,7 @@ impl PasswordHasher {
     }
 }
 
-fn base64_like(bytes: &[u8]) -> String {
+fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

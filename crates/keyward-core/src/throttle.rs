@@ -120,23 +120,42 @@ impl LoginThrottle {
         std::iter::once(Key::Account(account.to_ascii_lowercase())).chain(address.map(Key::Address))
     }
 
+    /// How long `key` must wait (zero when under its limit), counting `extra` attempts in
+    /// progress as if they had failed now.
+    fn wait_for(
+        &self,
+        failures: &HashMap<Key, VecDeque<OffsetDateTime>>,
+        key: &Key,
+        extra: usize,
+        now: OffsetDateTime,
+    ) -> Duration {
+        let cutoff = now - self.config.window;
+        let limit = self.limit(key);
+        let recent: Vec<OffsetDateTime> = failures
+            .get(key)
+            .map(|q| q.iter().copied().filter(|t| *t > cutoff).collect())
+            .unwrap_or_default();
+        if recent.len() >= limit {
+            // Free again when enough of the recent failures have left the window.
+            recent
+                .get(recent.len() - limit)
+                .map_or(Duration::ZERO, |t| *t + self.config.window - now)
+        } else if recent.len() + extra >= limit {
+            // Only attempts in progress fill the limit: free as soon as one of them ends.
+            Duration::seconds(1)
+        } else {
+            Duration::ZERO
+        }
+    }
+
     /// `Err(retry_after)` when the account or the address is over its limit.
     pub fn check(&self, account: &str, address: Option<IpAddr>) -> Result<(), Duration> {
         let now = self.clock.now();
-        let cutoff = now - self.config.window;
-        let map = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut wait = Duration::ZERO;
-        for key in Self::keys(account, address) {
-            let Some(q) = map.get(&key) else { continue };
-            let recent: Vec<&OffsetDateTime> = q.iter().filter(|t| **t > cutoff).collect();
-            if recent.len() >= self.limit(&key) {
-                // Free again when enough of the recent failures have left the window.
-                let idx = recent.len() - self.limit(&key);
-                if let Some(t) = recent.get(idx) {
-                    wait = wait.max(**t + self.config.window - now);
-                }
-            }
-        }
+        let failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        let wait = Self::keys(account, address)
+            .map(|key| self.wait_for(&failures, &key, 0, now))
+            .max()
+            .unwrap_or(Duration::ZERO);
         if wait > Duration::ZERO {
             Err(wait)
         } else {
@@ -147,23 +166,23 @@ impl LoginThrottle {
     /// Admit an attempt, atomically with the check: `Err(retry_after)` when the account or the
     /// address is over its limit counting the attempts still in progress.
     pub fn begin(&self, account: &str, address: Option<IpAddr>) -> Result<Attempt<'_>, Duration> {
+        // Lock order: in-flight, then failures (record_failure takes only the latter).
         let mut flying = self
             .in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        self.check(account, address)?;
         let now = self.clock.now();
-        let cutoff = now - self.config.window;
         {
             let failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
-            for key in Self::keys(account, address) {
-                let recent = failures
-                    .get(&key)
-                    .map_or(0, |q| q.iter().filter(|t| **t > cutoff).count());
-                if recent + flying.get(&key).copied().unwrap_or(0) >= self.limit(&key) {
-                    // Free again as soon as an attempt in progress ends.
-                    return Err(Duration::seconds(1));
-                }
+            let wait = Self::keys(account, address)
+                .map(|key| {
+                    let extra = flying.get(&key).copied().unwrap_or(0);
+                    self.wait_for(&failures, &key, extra, now)
+                })
+                .max()
+                .unwrap_or(Duration::ZERO);
+            if wait > Duration::ZERO {
+                return Err(wait);
             }
         }
         for key in Self::keys(account, address) {

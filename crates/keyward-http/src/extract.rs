@@ -199,7 +199,7 @@ pub struct Input<T> {
     pub kind: BodyKind,
 }
 
-fn body_kind(headers: &HeaderMap) -> Option<BodyKind> {
+pub(crate) fn body_kind(headers: &HeaderMap) -> Option<BodyKind> {
     let ct = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
     let essence = ct.split(';').next()?.trim().to_ascii_lowercase();
     match essence.as_str() {

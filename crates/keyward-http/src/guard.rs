@@ -1,7 +1,7 @@
 //! Middleware: the cross-site refusal and the security headers every response carries.
 
 use crate::error::ApiError;
-use crate::extract::{session_cookie, CookieToken};
+use crate::extract::{bearer_token, session_cookie, CookieToken};
 use crate::Keyward;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method};
@@ -13,17 +13,6 @@ fn is_unsafe(method: &Method) -> bool {
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
     )
-}
-
-fn has_bearer(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.len() > 7
-                && v.get(..7)
-                    .is_some_and(|p| p.eq_ignore_ascii_case("bearer "))
-        })
 }
 
 fn is_form(headers: &HeaderMap) -> bool {
@@ -53,7 +42,7 @@ pub(crate) fn cross_site_refusal(
     // without a session cookie (a cookie-only route must not skip the check because a header
     // was added); the token endpoints take no cookie; verify only reports who the caller is.
     if !is_unsafe(method)
-        || (has_bearer(headers) && !cookie)
+        || (bearer_token(headers).is_some() && !cookie)
         || path == "/v1/verify"
         || path.starts_with("/v1/token")
     {

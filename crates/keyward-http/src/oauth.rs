@@ -2,7 +2,7 @@
 //! metadata) and the JWKS. Errors here use the RFC 6749 shape `{"error","error_description"}`.
 
 use crate::error::retry_seconds;
-use crate::extract::{bearer_token, read_body, ClientAddr};
+use crate::extract::{bearer_token, body_kind, read_body, BodyKind, ClientAddr};
 use crate::Keyward;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -146,25 +146,17 @@ struct Params {
 }
 
 async fn params(req: Request) -> Result<Params, OAuthError> {
-    let ct = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let json = ct.starts_with("application/json");
-    let form = ct.starts_with("application/x-www-form-urlencoded");
-    if !json && !form {
+    let Some(kind) = body_kind(req.headers()) else {
         return Err(OAuthError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "invalid_request",
             "send application/x-www-form-urlencoded or application/json",
         ));
-    }
+    };
     let bytes = read_body(req)
         .await
         .map_err(|e| OAuthError::new(e.status(), "invalid_request", e.detail()))?;
-    if json {
+    if kind == BodyKind::Json {
         serde_json::from_slice(&bytes).map_err(|e| {
             OAuthError::invalid_request(format!(
                 "the body is not a JSON object of string parameters (line {}, column {})",

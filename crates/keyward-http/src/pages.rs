@@ -138,12 +138,7 @@ async fn sign_in_page(MaybeSession(cs): MaybeSession, Query(q): Query<SignInQuer
 }
 
 /// The sign-in page again after a failed form login, with the failure's status.
-pub(crate) fn sign_in_failed(
-    _kw: &Keyward,
-    username: &str,
-    next: Option<&str>,
-    err: ApiError,
-) -> Response {
+pub(crate) fn sign_in_failed(username: &str, next: Option<&str>, err: ApiError) -> Response {
     let status = err.status();
     let text = match &err {
         ApiError::InvalidCredentials => "Invalid username or password.".to_owned(),

@@ -280,12 +280,9 @@ async fn login(
                 .into_response()
         }
         (Err(e), BodyKind::Json) => ApiError::from(e).into_response(),
-        (Err(e), BodyKind::Form) => pages::sign_in_failed(
-            &kw,
-            &value.username,
-            value.next.as_deref(),
-            ApiError::from(e),
-        ),
+        (Err(e), BodyKind::Form) => {
+            pages::sign_in_failed(&value.username, value.next.as_deref(), ApiError::from(e))
+        }
     }
 }
 

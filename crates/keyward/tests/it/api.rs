@@ -311,7 +311,6 @@ async fn closed_registration_answers_403() {
 #[tokio::test]
 async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     let app = spawn_app().await;
-    let url = app.url("/v1/users");
     let big = format!(
         "{{\"username\":\"ivan\",\"password\":\"{}\"}}",
         "x".repeat(70 * 1024)
@@ -395,7 +394,6 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     assert_eq!(res.status(), 422);
     let res = app.login("ivan", &"p".repeat(257)).await;
     assert_eq!(res.status(), 422);
-    let _ = url;
     assert!(
         app.users.list_users().await.unwrap().is_empty(),
         "nothing was stored"
