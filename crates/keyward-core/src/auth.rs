@@ -8,8 +8,9 @@ use crate::secret::{Password, SessionToken, TokenHash};
 use crate::store::{
     DynSessionStore, DynTokenStore, DynUserStore, SessionRecord, StoreError, UserRecord,
 };
-use crate::throttle::{LoginThrottle, ThrottleConfig};
+use crate::throttle::{DynFailureLog, LoginThrottle, MemoryFailureLog, Refused, ThrottleConfig};
 use std::net::IpAddr;
+use std::sync::Arc;
 use time::{Duration, OffsetDateTime};
 
 /// Audit events go to this tracing target.
@@ -152,7 +153,11 @@ impl AuthService {
         clock: SharedClock,
         config: AuthConfig,
     ) -> Self {
-        let throttle = LoginThrottle::new(clock.clone(), config.throttle);
+        let throttle = LoginThrottle::new(
+            clock.clone(),
+            config.throttle,
+            Arc::new(MemoryFailureLog::default()),
+        );
         Self {
             users,
             sessions,
@@ -162,6 +167,12 @@ impl AuthService {
             clock,
             config,
         }
+    }
+
+    /// Count failed logins in `log` (shared by a fleet) instead of this process's memory.
+    pub fn with_failure_log(mut self, log: DynFailureLog) -> Self {
+        self.throttle = LoginThrottle::new(self.clock.clone(), self.config.throttle, log);
+        self
     }
 
     /// Also revoke the user's refresh-token families (and so their access tokens) wherever
@@ -262,13 +273,14 @@ impl AuthService {
         if password.expose().chars().count() > PASSWORD_MAX {
             return Err(AuthError::TooLong("password"));
         }
-        let attempt = match self.throttle.begin(username, ip) {
+        let attempt = match self.throttle.begin(username, ip).await {
             Ok(a) => a,
-            Err(retry_after) => {
+            Err(Refused::Throttled(retry_after)) => {
                 failure("throttled");
                 tracing::warn!(target: AUDIT, event = "login_throttled", username, ip = %show_ip(ip));
                 return Err(AuthError::Throttled { retry_after });
             }
+            Err(Refused::Store(e)) => return Err(e.into()),
         };
         let user = match Username::parse(username) {
             Ok(name) => self.users.user_by_name(name.as_str()).await?,
@@ -279,7 +291,7 @@ impl AuthService {
             .verify(password, user.as_ref().map(|u| u.password_hash.as_str()))
             .await?;
         let Some(mut user) = user.filter(|u| verified.ok && !u.locked) else {
-            attempt.failed();
+            attempt.failed().await;
             failure("failed");
             tracing::info!(target: AUDIT, event = "login_failed", username, ip = %show_ip(ip));
             return Err(AuthError::InvalidCredentials);
@@ -298,15 +310,15 @@ impl AuthService {
                 Err(e) => tracing::warn!(error = %e, "could not upgrade the password hash"),
             }
         }
-        attempt.succeeded();
+        attempt.succeeded().await;
         Ok(user)
     }
 
     async fn open_session(&self, user: &UserRecord, client: &ClientInfo) -> AuthResult<NewSession> {
-        let token = SessionToken::generate().map_err(AuthError::Random)?;
+        let token = SessionToken::generate_in(user.id.shard()).map_err(AuthError::Random)?;
         let now = self.clock.now();
         let session = SessionRecord {
-            id: SessionId::new(),
+            id: SessionId::new_in(user.id.shard()),
             token_hash: token.hash(),
             user_id: user.id,
             username: user.username.clone(),
@@ -423,10 +435,13 @@ impl AuthService {
             return Err(AuthError::TooLong("current_password"));
         }
         password::check_policy(new, &[session.username.as_str()])?;
-        let attempt = self
-            .throttle
-            .begin(&session.username, client.ip)
-            .map_err(|retry_after| AuthError::Throttled { retry_after })?;
+        let attempt = match self.throttle.begin(&session.username, client.ip).await {
+            Ok(a) => a,
+            Err(Refused::Throttled(retry_after)) => {
+                return Err(AuthError::Throttled { retry_after })
+            }
+            Err(Refused::Store(e)) => return Err(e.into()),
+        };
         let user = self
             .users
             .user_by_id(session.user_id)
@@ -437,7 +452,7 @@ impl AuthService {
             .verify(current, Some(&user.password_hash))
             .await?;
         if !verified.ok {
-            attempt.failed();
+            attempt.failed().await;
             tracing::info!(target: AUDIT, event = "password_change_failed", user_id = %user.id);
             return Err(AuthError::WrongCurrentPassword);
         }
@@ -447,10 +462,10 @@ impl AuthService {
             .delete_for_user(user.id, Some(session.id))
             .await?;
         self.revoke_token_families(user.id).await?;
-        let token = SessionToken::generate().map_err(AuthError::Random)?;
+        let token = SessionToken::generate_in(user.id.shard()).map_err(AuthError::Random)?;
         let now = self.clock.now();
         let renewed = SessionRecord {
-            id: SessionId::new(),
+            id: SessionId::new_in(user.id.shard()),
             token_hash: token.hash(),
             created_at: now,
             last_seen_at: now,

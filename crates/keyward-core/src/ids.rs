@@ -22,7 +22,16 @@ impl UserId {
     pub fn as_uuid(&self) -> &Uuid {
         &self.0
     }
+    /// The user's shard: where a partitioned store (Redis Cluster) keeps everything of this
+    /// user together. Every session id, session token and refresh token minted for the user
+    /// carries the same shard, so one atomic script can touch all of them.
+    pub fn shard(&self) -> Shard {
+        self.0.as_bytes()[0]
+    }
 }
+
+/// A partition of the key space: one byte, shared by a user and every id and token of theirs.
+pub type Shard = u8;
 
 impl Default for UserId {
     fn default() -> Self {
@@ -47,9 +56,19 @@ impl SessionId {
     pub fn new() -> Self {
         Self(Uuid::new_v4())
     }
+    /// A new random id in `shard` (its first byte; the other 114 random bits stay random).
+    pub fn new_in(shard: Shard) -> Self {
+        let mut bytes = *Uuid::new_v4().as_bytes();
+        bytes[0] = shard;
+        Self(Uuid::from_bytes(bytes))
+    }
     /// Parse the text form; `None` for anything that is not one.
     pub fn parse(s: &str) -> Option<Self> {
         Uuid::parse_str(s).ok().map(Self)
+    }
+    /// The shard this id was minted in (see [`UserId::shard`]).
+    pub fn shard(&self) -> Shard {
+        self.0.as_bytes()[0]
     }
 }
 

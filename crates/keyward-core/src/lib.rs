@@ -23,4 +23,4 @@ pub use store::{
     RotateOutcome, SessionRecord, SessionStore, StoreError, StoreResult, StoredKey, TokenStore,
     UserRecord, UserStore,
 };
-pub use throttle::ThrottleConfig;
+pub use throttle::{DynFailureLog, FailureLog, MemoryFailureLog, ThrottleConfig};

@@ -6,37 +6,75 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 use subtle::ConstantTimeEq;
 
+use crate::ids::Shard;
+
 /// Bytes of entropy in a session token: 256 bits from the OS CSPRNG.
 pub const TOKEN_BYTES: usize = 32;
-/// Length of an encoded token (base64url without padding of [`TOKEN_BYTES`]).
-pub const TOKEN_CHARS: usize = 43;
+/// Bytes of a token: the random part and a 2-byte routing nonce.
+const ENCODED_BYTES: usize = TOKEN_BYTES + 2;
+/// Length of an encoded token (base64url without padding of 34 bytes).
+pub const TOKEN_CHARS: usize = 46;
+/// Length of tokens minted before routing nonces (32 bytes), still accepted.
+const LEGACY_TOKEN_CHARS: usize = 43;
 
 /// The secret a client presents (the cookie value). Only its [`TokenHash`] is ever stored.
 #[derive(Clone)]
 pub struct SessionToken(String);
 
 impl SessionToken {
-    /// A fresh token of 256 bits from the operating system's CSPRNG.
+    /// A fresh token of 256 bits from the operating system's CSPRNG, in no particular shard.
     pub fn generate() -> Result<Self, getrandom::Error> {
-        let mut bytes = [0u8; TOKEN_BYTES];
+        let mut bytes = [0u8; ENCODED_BYTES];
         getrandom::fill(&mut bytes)?;
         Ok(Self(URL_SAFE_NO_PAD.encode(bytes)))
+    }
+
+    /// A fresh token of 256 bits from the operating system's CSPRNG whose hash lies in `shard`
+    /// (see [`TokenHash::shard`]): the random part is followed by the first 2-byte nonce that
+    /// puts the hash there (256 tries on average, about 40 µs). The nonce is chosen, not
+    /// random, so the token holds exactly the 256 random bits.
+    pub fn generate_in(shard: Shard) -> Result<Self, getrandom::Error> {
+        let mut secret = [0u8; TOKEN_BYTES];
+        getrandom::fill(&mut secret)?;
+        Ok(Self::routed(&secret, shard))
+    }
+
+    /// A token derived from `input` under `key` (HMAC-SHA256), in `shard`: as unguessable as a
+    /// random one to anyone without the key, and the same every time for the same input.
+    pub fn derive_in(key: &[u8; 32], input: &str, shard: Shard) -> Self {
+        Self::routed(&hmac_sha256(key, input.as_bytes()), shard)
+    }
+
+    fn routed(secret: &[u8; TOKEN_BYTES], shard: Shard) -> Self {
+        let mut bytes = [0u8; ENCODED_BYTES];
+        bytes
+            .iter_mut()
+            .zip(secret)
+            .for_each(|(to, from)| *to = *from);
+        let mut encoded = String::with_capacity(TOKEN_CHARS);
+        for nonce in 0..=u16::MAX {
+            let [hi, lo] = nonce.to_be_bytes();
+            bytes[TOKEN_BYTES] = hi;
+            bytes[TOKEN_BYTES + 1] = lo;
+            encoded.clear();
+            URL_SAFE_NO_PAD.encode_string(bytes, &mut encoded);
+            if Sha256::digest(encoded.as_bytes()).first() == Some(&shard) {
+                break;
+            }
+        }
+        // All 65,536 nonces missing the shard has probability (255/256)^65536, about 10^-112;
+        // the last candidate would still be a valid token, only in another shard.
+        Self(encoded)
     }
 
     /// Accept a token presented by a client, if it has the shape of one.
     /// Anything else (wrong length, other alphabet) can never match and is refused early.
     pub fn parse(raw: &str) -> Option<Self> {
-        let ok = raw.len() == TOKEN_CHARS
+        let ok = (raw.len() == TOKEN_CHARS || raw.len() == LEGACY_TOKEN_CHARS)
             && raw
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         ok.then(|| Self(raw.to_owned()))
-    }
-
-    /// A token derived from `input` under `key` (HMAC-SHA256): as unguessable as a random one
-    /// to anyone without the key, and the same every time for the same input.
-    pub fn derive(key: &[u8; 32], input: &str) -> Self {
-        Self(URL_SAFE_NO_PAD.encode(hmac_sha256(key, input.as_bytes())))
     }
 
     /// The value to put in the cookie. Call only where the token leaves for the client.
@@ -82,6 +120,12 @@ impl TokenHash {
     /// The 32 bytes, for a store's key.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
+    }
+
+    /// The shard of the token this is the hash of: its first byte. Tokens minted for a user
+    /// are drawn so that this equals [`UserId::shard`](crate::UserId::shard).
+    pub fn shard(&self) -> Shard {
+        self.0[0]
     }
 
     /// Lower-case hex, for stores that key by string.
@@ -141,7 +185,7 @@ mod tests {
         let a = SessionToken::generate().unwrap();
         let b = SessionToken::generate().unwrap();
         assert_eq!(a.expose().len(), TOKEN_CHARS);
-        assert_eq!(URL_SAFE_NO_PAD.decode(a.expose()).unwrap().len(), 32);
+        assert_eq!(URL_SAFE_NO_PAD.decode(a.expose()).unwrap().len(), 34);
         assert_ne!(a.expose(), b.expose());
         assert_ne!(a.hash(), b.hash());
     }
@@ -157,7 +201,35 @@ mod tests {
     fn parse_refuses_what_cannot_be_a_token() {
         assert!(SessionToken::parse("short").is_none());
         assert!(SessionToken::parse(&"a".repeat(44)).is_none());
+        assert!(SessionToken::parse(&"a".repeat(47)).is_none());
+        assert!(SessionToken::parse(&"a".repeat(46)).is_some());
         assert!(SessionToken::parse("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").is_none());
+    }
+
+    #[test]
+    fn routed_tokens_land_in_their_shard_and_keep_256_random_bits() {
+        for shard in [0u8, 7, 255] {
+            let a = SessionToken::generate_in(shard).unwrap();
+            let b = SessionToken::generate_in(shard).unwrap();
+            assert_eq!(a.hash().shard(), shard);
+            assert_eq!(a.expose().len(), TOKEN_CHARS);
+            assert_ne!(a.expose(), b.expose());
+            // The random part differs; only the 2-byte nonce is chosen.
+            let (ra, rb) = (
+                URL_SAFE_NO_PAD.decode(a.expose()).unwrap(),
+                URL_SAFE_NO_PAD.decode(b.expose()).unwrap(),
+            );
+            assert_ne!(ra.get(..32), rb.get(..32));
+        }
+        let key = [9u8; 32];
+        let d1 = SessionToken::derive_in(&key, "input", 42);
+        let d2 = SessionToken::derive_in(&key, "input", 42);
+        assert_eq!(d1.expose(), d2.expose());
+        assert_eq!(d1.hash().shard(), 42);
+        assert_ne!(
+            SessionToken::derive_in(&key, "other", 42).expose(),
+            d1.expose()
+        );
     }
 
     #[test]

@@ -6,8 +6,8 @@ use crate::{store_error, OpenError};
 use async_trait::async_trait;
 use keyward_core::clock::{from_unix_ms, to_unix_ms};
 use keyward_core::{
-    KeyStore, RefreshFamily, RotateOutcome, SessionId, SessionRecord, SessionStore, StoreError,
-    StoreResult, StoredKey, TokenHash, TokenStore, UserId, UserRecord, UserStore,
+    FailureLog, KeyStore, RefreshFamily, RotateOutcome, SessionId, SessionRecord, SessionStore,
+    StoreError, StoreResult, StoredKey, TokenHash, TokenStore, UserId, UserRecord, UserStore,
 };
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
@@ -561,5 +561,74 @@ impl KeyStore for PostgresStore {
             .await
             .map_err(store_error)?;
         Ok(done.rows_affected() > 0)
+    }
+}
+
+/// The login throttle's failure log, shared by every node on this database.
+#[async_trait]
+impl FailureLog for PostgresStore {
+    async fn failures(&self, key: &str, since: OffsetDateTime) -> StoreResult<Vec<OffsetDateTime>> {
+        let times: Vec<i64> = sqlx::query_scalar(
+            "SELECT at FROM login_failures WHERE key = $1 AND at > $2 ORDER BY at, id",
+        )
+        .bind(key)
+        .bind(to_unix_ms(since))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(times.into_iter().map(from_unix_ms).collect())
+    }
+
+    async fn record(
+        &self,
+        key: &str,
+        now: OffsetDateTime,
+        since: OffsetDateTime,
+        keep: usize,
+        _window: Duration,
+    ) -> StoreResult<()> {
+        let since = to_unix_ms(since);
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        sqlx::query("INSERT INTO login_failures (key, at) VALUES ($1, $2)")
+            .bind(key)
+            .bind(to_unix_ms(now))
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        // This key's rows out of the window or beyond its newest `keep`.
+        sqlx::query(
+            "DELETE FROM login_failures WHERE key = $1 AND (at <= $3 OR id NOT IN \
+             (SELECT id FROM login_failures WHERE key = $1 ORDER BY at DESC, id DESC LIMIT $2))",
+        )
+        .bind(key)
+        .bind(i64::try_from(keep.max(1)).unwrap_or(i64::MAX))
+        .bind(since)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        // Other keys' stale rows (abandoned names and addresses), after the commit and at
+        // most a thousand at a time, skipping rows another node is removing: the count above
+        // never waits for this.
+        let swept = sqlx::query(
+            "DELETE FROM login_failures WHERE id IN (SELECT id FROM login_failures \
+             WHERE at <= $1 LIMIT 1000 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(since)
+        .execute(&self.pool)
+        .await;
+        if let Err(e) = swept {
+            tracing::debug!(error = %e, "sweeping stale login failures failed");
+        }
+        Ok(())
+    }
+
+    async fn forget(&self, key: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM login_failures WHERE key = $1")
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
+        Ok(())
     }
 }

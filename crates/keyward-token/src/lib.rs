@@ -240,7 +240,9 @@ impl TokenService {
             .current()
             .ok_or_else(|| TokenError::Sign("no signing key".into()))?;
         let now = self.now();
-        let exp = now + self.config.access_ttl;
+        // Never past the family's end: a revoked family must deny every token it issued, and
+        // stores keep a family's record only so long after its end.
+        let exp = (now + self.config.access_ttl).min(family.expires_at);
         let claims = AccessClaims {
             iss: self.config.issuer.clone(),
             sub: family.user_id.to_string(),
@@ -254,7 +256,7 @@ impl TokenService {
             preferred_username: family.username.clone(),
         };
         let token = jwt::sign(key, &claims).map_err(|e| TokenError::Sign(e.to_string()))?;
-        Ok((token, self.config.access_ttl.whole_seconds()))
+        Ok((token, (exp - now).whole_seconds().max(0)))
     }
 
     /// `grant_type=password`: the same throttling and equal failures as cookie logins.
@@ -267,13 +269,14 @@ impl TokenService {
         let user = self.auth.check_credentials(username, password, ip).await?;
         let now = self.now();
         let family = RefreshFamily {
-            id: SessionId::new(),
+            id: SessionId::new_in(user.id.shard()),
             user_id: user.id,
             username: user.username.clone(),
             created_at: now,
             expires_at: now + self.config.refresh_ttl,
         };
-        let refresh = SessionToken::generate().map_err(|_| TokenError::Key(KeyError::Random))?;
+        let refresh = SessionToken::generate_in(user.id.shard())
+            .map_err(|_| TokenError::Key(KeyError::Random))?;
         self.tokens.create_family(&family, &refresh.hash()).await?;
         // A password change, lock or delete that ran while the password was being checked
         // must not leave a family behind: look again now that it exists, and undo it.
@@ -301,7 +304,8 @@ impl TokenService {
         // The successor is a function of the presented token under a server secret: 256 bits no
         // one else can compute, and the same on a retry, so a retry within the grace receives
         // the successor already stored, never a second one.
-        let next = SessionToken::derive(&self.successor_key, presented.expose());
+        let shard = presented.hash().shard();
+        let next = SessionToken::derive_in(&self.successor_key, presented.expose(), shard);
         let grace = self.config.refresh_reuse_grace;
         match self
             .tokens
