@@ -1,0 +1,282 @@
+//! The Lua scripts: each change is one script on one hash slot, so it is atomic on a Cluster
+//! as on a single server. `KEYS[1]` is always a key of the slot (which routes the call);
+//! `ARGV[1]` is the slot's hash tag, from which the scripts name the other keys they touch:
+//! all of them share the tag, hence the slot.
+
+use fred::types::scripts::Script;
+use std::sync::LazyLock;
+
+/// Helpers prepended to every script.
+const COMMON: &str = r#"
+local function hmap(r) local m = {} for i = 1, #r, 2 do m[r[i]] = r[i + 1] end return m end
+local function extend(key, ttl)
+  if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
+end
+-- Every change to a session is announced on the feed, from inside the change itself, so a
+-- node that caches sessions hears of it before the change is acknowledged to anyone.
+local FEED = 'kw:feed'
+local function put(tag, h, sid, uid, ttl, score, fields)
+  local k = tag .. ':s:' .. h
+  redis.call('DEL', k)
+  redis.call('HSET', k, unpack(fields))
+  redis.call('PEXPIRE', k, ttl)
+  redis.call('SET', tag .. ':i:' .. sid, h, 'PX', ttl)
+  local idx = tag .. ':us:' .. uid
+  redis.call('ZADD', idx, score, h)
+  extend(idx, ttl)
+  redis.call('PUBLISH', FEED, 'c ' .. h .. ' ' .. cjson.encode(fields))
+end
+local function drop(tag, h, sid, uid)
+  redis.call('DEL', tag .. ':s:' .. h, tag .. ':i:' .. sid)
+  redis.call('ZREM', tag .. ':us:' .. uid, h)
+  redis.call('PUBLISH', FEED, 'd ' .. h)
+end
+"#;
+
+fn script(body: &str) -> Script {
+    Script::from_lua(format!("{COMMON}{body}"))
+}
+
+macro_rules! scripts {
+    ($($(#[$doc:meta])* $name:ident = $body:expr;)*) => {
+        $($(#[$doc])* pub static $name: LazyLock<Script> = LazyLock::new(|| script($body));)*
+    };
+}
+
+scripts! {
+    /// KEYS: session. ARGV: tag, hash, sid, uid, ttl, score, fields….
+    CREATE_SESSION = r#"
+put(ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], {unpack(ARGV, 7)})
+return 1
+"#;
+
+    /// KEYS: session. ARGV: tag, last_seen_ms, idle_ms. Moves `l` forward only and extends
+    /// the TTLs to the new end of the session.
+    TOUCH_SESSION = r#"
+local f = redis.call('HMGET', KEYS[1], 'l', 'e', 'i', 'u')
+if not f[1] then return 0 end
+local new = tonumber(ARGV[2])
+if new <= tonumber(f[1]) then return 0 end
+local ttl = math.min(new + tonumber(ARGV[3]), tonumber(f[2])) - new
+if ttl < 1 then ttl = 1 end
+redis.call('HSET', KEYS[1], 'l', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PEXPIRE', ARGV[1] .. ':i:' .. f[3], ttl)
+extend(ARGV[1] .. ':us:' .. f[4], ttl)
+redis.call('PUBLISH', FEED, 't ' .. string.sub(KEYS[1], 11) .. ' ' .. ARGV[2])
+return 1
+"#;
+
+    /// KEYS: session. ARGV: tag, hash. Returns the removed session's fields, or nothing.
+    DELETE_SESSION = r#"
+local r = redis.call('HGETALL', KEYS[1])
+if #r == 0 then return r end
+local m = hmap(r)
+drop(ARGV[1], ARGV[2], m.i, m.u)
+return r
+"#;
+
+    /// KEYS: id map. ARGV: tag, owner ('' for any). Returns the fields (with `h`), or nothing.
+    DELETE_SESSION_BY_ID = r#"
+local h = redis.call('GET', KEYS[1])
+if not h then return {} end
+local r = redis.call('HGETALL', ARGV[1] .. ':s:' .. h)
+if #r == 0 then redis.call('DEL', KEYS[1]) return {} end
+local m = hmap(r)
+if ARGV[2] ~= '' and m.u ~= ARGV[2] then return {} end
+drop(ARGV[1], h, m.i, m.u)
+r[#r + 1] = 'h'
+r[#r + 1] = h
+return r
+"#;
+
+    /// KEYS: user index. ARGV: tag, session id to keep ('' for none). Returns how many went.
+    DELETE_USER_SESSIONS = r#"
+local n = 0
+for _, h in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local f = redis.call('HMGET', ARGV[1] .. ':s:' .. h, 'i', 'u')
+  if not f[1] then
+    redis.call('ZREM', KEYS[1], h)
+  elseif f[1] ~= ARGV[2] then
+    drop(ARGV[1], h, f[1], f[2])
+    n = n + 1
+  end
+end
+return n
+"#;
+
+    /// KEYS: user index. ARGV: tag. Every live session's fields (with `h`); entries whose
+    /// session has expired are removed from the index on the way.
+    LIST_USER_SESSIONS = r#"
+local out = {}
+for _, h in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local r = redis.call('HGETALL', ARGV[1] .. ':s:' .. h)
+  if #r == 0 then
+    redis.call('ZREM', KEYS[1], h)
+  else
+    r[#r + 1] = 'h'
+    r[#r + 1] = h
+    out[#out + 1] = r
+  end
+end
+return out
+"#;
+
+    /// KEYS: old session. ARGV: tag, old hash, new hash, new sid, uid, ttl, score, fields….
+    REPLACE_SESSION = r#"
+local r = redis.call('HGETALL', KEYS[1])
+if #r == 0 then return 0 end
+local m = hmap(r)
+if m.u ~= ARGV[5] then return redis.error_reply('replace across users') end
+drop(ARGV[1], ARGV[2], m.i, m.u)
+put(ARGV[1], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7], {unpack(ARGV, 8)})
+return 1
+"#;
+
+    /// KEYS: user index. ARGV: tag, now_ms, idle_cutoff_ms. Removes sessions past their
+    /// absolute expiry or unused since the cutoff; returns how many.
+    PURGE_USER_SESSIONS = r#"
+local now, cutoff, n = tonumber(ARGV[2]), tonumber(ARGV[3]), 0
+for _, h in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local f = redis.call('HMGET', ARGV[1] .. ':s:' .. h, 'i', 'u', 'l', 'e')
+  if not f[1] then
+    redis.call('ZREM', KEYS[1], h)
+  elseif tonumber(f[4]) <= now or tonumber(f[3]) < cutoff then
+    drop(ARGV[1], h, f[1], f[2])
+    n = n + 1
+  end
+end
+return n
+"#;
+
+    /// KEYS: family. ARGV: tag, fid, uid, username, created_ms, expires_ms, first hash, ttl.
+    CREATE_FAMILY = r#"
+local ttl = tonumber(ARGV[8])
+redis.call('HSET', KEYS[1], 'u', ARGV[3], 'n', ARGV[4], 'c', ARGV[5], 'e', ARGV[6])
+redis.call('PEXPIRE', KEYS[1], ttl)
+local rk = ARGV[1] .. ':r:' .. ARGV[7]
+redis.call('HSET', rk, 'f', ARGV[2])
+redis.call('PEXPIRE', rk, ttl)
+local uf = ARGV[1] .. ':uf:' .. ARGV[3]
+redis.call('SADD', uf, ARGV[2])
+extend(uf, ttl)
+return 1
+"#;
+
+    /// KEYS: presented token. ARGV: tag, next hash, now_ms, grace_ms.
+    /// Returns {outcome, uid, username, created, expires, fid}, outcome being
+    /// `rotated`, `reused` or `invalid` (alone).
+    ROTATE = r#"
+local tag, nh, now, grace = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local t = redis.call('HMGET', KEYS[1], 'f', 'used', 'next')
+if not t[1] then return {'invalid'} end
+local fk = tag .. ':f:' .. t[1]
+local fam = redis.call('HMGET', fk, 'u', 'n', 'c', 'e', 'r')
+if not fam[1] or fam[5] or tonumber(fam[4]) <= now then return {'invalid'} end
+if not t[2] then
+  local ttl = redis.call('PTTL', fk)
+  redis.call('HSET', KEYS[1], 'used', ARGV[3], 'next', nh)
+  local nk = tag .. ':r:' .. nh
+  redis.call('HSET', nk, 'f', t[1])
+  if ttl > 0 then redis.call('PEXPIRE', nk, ttl) end
+  return {'rotated', fam[1], fam[2], fam[3], fam[4], t[1]}
+end
+if now < tonumber(t[2]) + grace and t[3] == nh then
+  local n = redis.call('HMGET', tag .. ':r:' .. nh, 'f', 'used')
+  if n[1] and not n[2] then return {'rotated', fam[1], fam[2], fam[3], fam[4], t[1]} end
+end
+redis.call('HSET', fk, 'r', ARGV[3])
+redis.call('PUBLISH', FEED, 'f ' .. t[1])
+return {'reused', fam[1], fam[2], fam[3], fam[4], t[1]}
+"#;
+
+    /// KEYS: token. ARGV: tag, now_ms. The family of a live, unused token, or nothing.
+    FAMILY_OF = r#"
+local t = redis.call('HMGET', KEYS[1], 'f', 'used')
+if not t[1] or t[2] then return {} end
+local fam = redis.call('HMGET', ARGV[1] .. ':f:' .. t[1], 'u', 'n', 'c', 'e', 'r')
+if not fam[1] or fam[5] or tonumber(fam[4]) <= tonumber(ARGV[2]) then return {} end
+return {fam[1], fam[2], fam[3], fam[4], t[1]}
+"#;
+
+    /// KEYS: family. ARGV: tag, now_ms. 1 when this call revoked it.
+    REVOKE_FAMILY = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], 'r') == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'r', ARGV[2])
+redis.call('PUBLISH', FEED, 'f ' .. string.match(KEYS[1], ':f:(.*)$'))
+return 1
+"#;
+
+    /// KEYS: user's family set. ARGV: tag, now_ms. How many families this call revoked.
+    REVOKE_USER_FAMILIES = r#"
+local n = 0
+for _, fid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local fk = ARGV[1] .. ':f:' .. fid
+  if redis.call('EXISTS', fk) == 0 then
+    redis.call('SREM', KEYS[1], fid)
+  elseif redis.call('HEXISTS', fk, 'r') == 0 then
+    redis.call('HSET', fk, 'r', ARGV[2])
+    redis.call('PUBLISH', FEED, 'f ' .. fid)
+    n = n + 1
+  end
+end
+return n
+"#;
+
+    /// KEYS: refresh token. ARGV: tag, now_ms. Removes it when its family is gone or over.
+    PURGE_TOKEN = r#"
+local fid = redis.call('HGET', KEYS[1], 'f')
+if not fid then return 0 end
+local e = redis.call('HGET', ARGV[1] .. ':f:' .. fid, 'e')
+if e and tonumber(e) > tonumber(ARGV[2]) then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"#;
+
+    /// KEYS: family. ARGV: tag, now_ms. Removes it once past its absolute expiry.
+    PURGE_FAMILY = r#"
+local f = redis.call('HMGET', KEYS[1], 'u', 'e')
+if not f[2] or tonumber(f[2]) > tonumber(ARGV[2]) then return 0 end
+redis.call('DEL', KEYS[1])
+local fid = string.match(KEYS[1], ':f:(.*)$')
+redis.call('SREM', ARGV[1] .. ':uf:' .. f[1], fid)
+return 1
+"#;
+
+    /// KEYS: deny entry. ARGV: tag (unused), until_ms. Keeps it at least until then by
+    /// Redis's clock (and a minute at least): whether it still counts is decided against the
+    /// caller's clock when read.
+    DENY = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('SET', KEYS[1], ARGV[2], 'PX', math.max(tonumber(ARGV[2]) - now, 60000))
+redis.call('PUBLISH', FEED, 'x ' .. ARGV[2] .. ' ' .. string.sub(KEYS[1], 6))
+return 1
+"#;
+
+    /// KEYS: deny entry. ARGV: tag (unused), now_ms. Removes it once its token has expired.
+    PURGE_DENIED = r#"
+local until_ms = redis.call('GET', KEYS[1])
+if not until_ms or tonumber(until_ms) > tonumber(ARGV[2]) then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"#;
+
+    /// KEYS: failure log. ARGV: tag (unused), since_ms. The times of the failures after it.
+    FAILURES = r#"
+local r = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[2], '+inf', 'WITHSCORES')
+local out = {}
+for i = 2, #r, 2 do out[#out + 1] = r[i] end
+return out
+"#;
+
+    /// KEYS: failure log. ARGV: tag (unused), now_ms, since_ms, keep, window_ms, nonce.
+    RECORD_FAILURE = r#"
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[2] .. ':' .. ARGV[6])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+local extra = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[4])
+if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, extra - 1) end
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1
+"#;
+}
