@@ -68,21 +68,27 @@ pub(crate) fn cross_site_refusal(
     None
 }
 
-/// Refuse cross-site unsafe requests before any handler runs, so they change nothing.
-pub(crate) async fn cross_site(State(kw): State<Keyward>, req: Request, next: Next) -> Response {
-    match cross_site_refusal(&kw, req.method(), req.uri().path(), req.headers()) {
+/// The one middleware every request passes (one layer, not three: each `from_fn` layer clones
+/// the inner service and boxes a future per request): time and count it by route, refuse
+/// cross-site unsafe requests before any handler runs (so they change nothing), and put the
+/// security headers on whatever answers.
+pub(crate) async fn edge(State(kw): State<Keyward>, req: Request, next: Next) -> Response {
+    let timing = crate::metrics::start(&req);
+    let mut res = match cross_site_refusal(&kw, req.method(), req.uri().path(), req.headers()) {
         Some(why) => {
             tracing::info!(target: keyward_core::AUDIT, event = "cross_site_refused", method = %req.method(), path = %req.uri().path());
             ApiError::Forbidden(why).into_response()
         }
         None => next.run(req).await,
-    }
+    };
+    security_headers(&mut res);
+    crate::metrics::finish(timing, &res);
+    res
 }
 
 /// Headers on every response: nothing is cached (responses carry sessions and user data), no
 /// sniffing, no framing, no referrer leaks.
-pub(crate) async fn security_headers(req: Request, next: Next) -> Response {
-    let mut res = next.run(req).await;
+fn security_headers(res: &mut Response) {
     let h = res.headers_mut();
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
@@ -101,5 +107,4 @@ pub(crate) async fn security_headers(req: Request, next: Next) -> Response {
             "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
-    res
 }

@@ -4,10 +4,11 @@
 //! taken from a request.
 
 use axum::extract::{MatchedPath, Request};
-use axum::middleware::Next;
 use axum::response::Response;
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{OnceLock, PoisonError, RwLock};
 use std::time::Instant;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -52,6 +53,10 @@ fn describe() {
         "Store operations that failed, by store"
     );
     metrics::describe_counter!(
+        "keyward_session_cache_total",
+        "Session reads by how the node-local cache answered (hit, miss, bypass while catching up)"
+    );
+    metrics::describe_counter!(
         "keyward_tokens_issued_total",
         "Access tokens issued, by grant"
     );
@@ -71,14 +76,9 @@ fn describe() {
     metrics::counter!("keyward_store_errors_total", "store" => "sql").increment(0);
 }
 
-/// Count and time every request by its route template.
-pub(crate) async fn track(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    // Known methods only: arbitrary method names must not mint new label values.
-    let method = match *req.method() {
+/// The method label: known methods only, so arbitrary method names cannot mint label values.
+fn method_label(m: &axum::http::Method) -> &'static str {
+    match *m {
         axum::http::Method::GET => "GET",
         axum::http::Method::HEAD => "HEAD",
         axum::http::Method::POST => "POST",
@@ -87,12 +87,63 @@ pub(crate) async fn track(req: Request, next: Next) -> Response {
         axum::http::Method::DELETE => "DELETE",
         axum::http::Method::OPTIONS => "OPTIONS",
         _ => "other",
-    };
-    let start = Instant::now();
-    let res = next.run(req).await;
-    let status = res.status().as_u16().to_string();
-    metrics::counter!("keyward_http_requests_total", "route" => route.clone(), "method" => method, "status" => status).increment(1);
-    metrics::histogram!("keyward_http_request_duration_seconds", "route" => route, "method" => method)
-        .record(start.elapsed().as_secs_f64());
-    res
+    }
+}
+
+/// The counter and histogram of one (method, status) on one route.
+type Handles = (&'static str, u16, Counter, Histogram);
+
+/// Metric handles by route template, so a request neither allocates labels nor looks the
+/// metric up in the registry. Bounded: route templates, methods and statuses are finite.
+static HANDLES: OnceLock<RouteHandles> = OnceLock::new();
+
+type RouteHandles = RwLock<HashMap<Box<str>, RwLock<Vec<Handles>>>>;
+
+fn handles(route: &str, method: &'static str, status: u16) -> (Counter, Histogram) {
+    let map = HANDLES.get_or_init(Default::default);
+    {
+        let routes = map.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(per) = routes.get(route) {
+            let per = per.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some((_, _, c, h)) = per.iter().find(|(m, s, _, _)| *m == method && *s == status)
+            {
+                return (c.clone(), h.clone());
+            }
+        }
+    }
+    let counter = metrics::counter!("keyward_http_requests_total", "route" => route.to_owned(), "method" => method, "status" => status.to_string());
+    let histogram = metrics::histogram!("keyward_http_request_duration_seconds", "route" => route.to_owned(), "method" => method);
+    let mut routes = map.write().unwrap_or_else(PoisonError::into_inner);
+    let per = routes.entry(route.into()).or_default();
+    per.write().unwrap_or_else(PoisonError::into_inner).push((
+        method,
+        status,
+        counter.clone(),
+        histogram.clone(),
+    ));
+    (counter, histogram)
+}
+
+/// What [`finish`] needs to know about a request, taken before it is handled.
+pub(crate) struct Timing {
+    route: Option<MatchedPath>,
+    method: &'static str,
+    start: Instant,
+}
+
+/// Start timing a request (by its route template).
+pub(crate) fn start(req: &Request) -> Timing {
+    Timing {
+        route: req.extensions().get::<MatchedPath>().cloned(),
+        method: method_label(req.method()),
+        start: Instant::now(),
+    }
+}
+
+/// Count and time a finished request.
+pub(crate) fn finish(t: Timing, res: &Response) {
+    let route = t.route.as_ref().map_or("unmatched", |p| p.as_str());
+    let (counter, histogram) = handles(route, t.method, res.status().as_u16());
+    counter.increment(1);
+    histogram.record(t.start.elapsed().as_secs_f64());
 }

@@ -49,13 +49,8 @@ pub(crate) fn router(kw: &Keyward) -> Router {
         .merge(pages::routes())
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(middleware::from_fn_with_state(
-            kw.clone(),
-            guard::cross_site,
-        ))
-        .layer(middleware::from_fn(kw_metrics::track))
+        .layer(middleware::from_fn_with_state(kw.clone(), guard::edge))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(middleware::from_fn(guard::security_headers))
         .layer(kw.layer())
         .with_state(kw.clone())
 }

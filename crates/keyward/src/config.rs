@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use url::Url;
 
+pub use keyward_redis::WaitReplicas;
+
 /// A setting that cannot be used. Its `Display` starts with the setting's name.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid setting {setting}: {message}")]
@@ -224,6 +226,34 @@ pub struct SettingsArgs {
         global = true
     )]
     pub hash_concurrency: Option<usize>,
+    /// Bound on connecting to the session store and on each of its commands (Redis); past it
+    /// a request answers 503 [default: 2s].
+    #[arg(long, env = "KEYWARD_STORE_TIMEOUT", value_name = "DUR", value_parser = parse_duration, global = true)]
+    pub store_timeout: Option<Duration>,
+    /// Replica acknowledgements (Redis `WAIT`) each session or token write waits for before it
+    /// is answered: `auto` (one when the primary has replicas) or a number; 0 turns it off
+    /// [default: auto].
+    #[arg(long, env = "KEYWARD_REDIS_WAIT_REPLICAS", value_name = "auto|N", value_parser = parse_wait_replicas, global = true)]
+    pub redis_wait_replicas: Option<WaitReplicas>,
+    /// Sessions a `near` cache holds at most [default: 100000].
+    #[arg(
+        long,
+        env = "KEYWARD_SESSION_CACHE_CAPACITY",
+        value_name = "N",
+        global = true
+    )]
+    pub session_cache_capacity: Option<u64>,
+}
+
+/// `auto` or a count.
+pub fn parse_wait_replicas(s: &str) -> Result<WaitReplicas, String> {
+    match s.trim() {
+        "auto" => Ok(WaitReplicas::Auto),
+        n => n
+            .parse::<u32>()
+            .map(WaitReplicas::Count)
+            .map_err(|_| format!("'{s}' is not auto or a number of replicas")),
+    }
 }
 
 /// The TOML file: the same settings in snake_case; unknown keys are errors.
@@ -253,6 +283,9 @@ struct FileSettings {
     login_max_failures_per_address: Option<u32>,
     login_failure_window: Option<String>,
     hash_concurrency: Option<usize>,
+    store_timeout: Option<String>,
+    redis_wait_replicas: Option<String>,
+    session_cache_capacity: Option<u64>,
 }
 
 /// Lists may be written `"a,b"` or `["a", "b"]` in the file.
@@ -282,8 +315,8 @@ pub struct Settings {
     pub bind: SocketAddr,
     pub database: String,
     pub session_store: String,
-    #[allow(dead_code)] // only `none` is accepted until the shared stores land
     pub session_cache: SessionCache,
+    pub session_cache_capacity: u64,
     pub public_url: Url,
     /// True when no setting named the public URL: it is then derived from the bound address.
     pub public_url_derived: bool,
@@ -307,6 +340,8 @@ pub struct Settings {
     pub login_max_failures_per_address: u32,
     pub login_failure_window: Duration,
     pub hash_concurrency: Option<usize>,
+    pub store_timeout: Duration,
+    pub redis_wait_replicas: WaitReplicas,
 }
 
 fn file_value<T>(
@@ -334,17 +369,43 @@ fn check_store_url(setting: &str, url: &str, allow_memory: bool) -> Result<(), C
     match scheme {
         "sqlite" | "postgres" | "postgresql" => Ok(()),
         "memory" if allow_memory && url == "memory" => Ok(()),
-        "redis" | "rediss" | "redis+sentinel" | "redis+cluster" if allow_memory => Err(bad(
+        "redis" | "rediss" | "redis+sentinel" | "redis+cluster" | "rediss+sentinel"
+        | "rediss+cluster"
+            if allow_memory =>
+        {
+            keyward_redis::url::parse(url)
+                .map(|_| ())
+                .map_err(|e| bad(setting, format!("'{}': {e}", redacted(url))))
+        }
+        "redis" | "rediss" | "redis+sentinel" | "redis+cluster" | "rediss+sentinel"
+        | "rediss+cluster" => Err(bad(
             setting,
-            format!("{scheme}:// is not supported by this build yet (use sqlite://PATH, postgres://… or memory)"),
+            "Redis holds sessions and tokens, not users: give it as --session-store and keep --database on sqlite:// or postgres://",
         )),
         _ => Err(bad(
             setting,
             format!(
-                "'{url}' is not a supported URL (sqlite://PATH, postgres://…{})",
-                if allow_memory { ", memory" } else { "" }
+                "'{}' is not a supported URL (sqlite://PATH, postgres://…{})",
+                redacted(url),
+                if allow_memory { ", redis://…, memory" } else { "" }
             ),
         )),
+    }
+}
+
+/// A store URL fit for an error message: any password replaced by `***`.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            format!("{scheme}://{user}:***@{hosts}{path}")
+        }
+        None => url.to_owned(),
     }
 }
 
@@ -385,8 +446,18 @@ impl Settings {
             )?
             .unwrap_or(SessionCache::None),
         };
-        if session_cache != SessionCache::None {
-            return Err(bad("session-cache", "near and replicated need a shared store (Redis or PostgreSQL), which this build does not support yet; use none"));
+        if session_cache != SessionCache::None && !keyward_redis::is_redis_url(&session_store) {
+            return Err(bad(
+                "session-cache",
+                "near and replicated follow the change feed of a Redis --session-store; with this store use none",
+            ));
+        }
+        let session_cache_capacity = args
+            .session_cache_capacity
+            .or(file.session_cache_capacity)
+            .unwrap_or(100_000);
+        if session_cache_capacity == 0 {
+            return Err(bad("session-cache-capacity", "must be at least 1"));
         }
         let (public_url, public_url_derived) = match &args.public_url {
             Some(u) => (u.clone(), false),
@@ -559,11 +630,35 @@ impl Settings {
         if hash_concurrency == Some(0) {
             return Err(bad("hash-concurrency", "must be at least 1"));
         }
+        let store_timeout = match args.store_timeout {
+            Some(d) => d,
+            None => file_value(
+                "store-timeout",
+                file.store_timeout.as_deref(),
+                parse_duration,
+            )?
+            .unwrap_or(Duration::from_secs(2)),
+        };
+        if store_timeout > Duration::from_secs(60) {
+            return Err(bad("store-timeout", "must be at most 60s"));
+        }
+        let redis_wait_replicas = match args.redis_wait_replicas {
+            Some(w) => w,
+            None => file_value(
+                "redis-wait-replicas",
+                file.redis_wait_replicas.as_deref(),
+                parse_wait_replicas,
+            )?
+            .unwrap_or(WaitReplicas::Auto),
+        };
         Ok(Self {
+            store_timeout,
+            redis_wait_replicas,
             bind,
             database,
             session_store,
             session_cache,
+            session_cache_capacity,
             public_url,
             public_url_derived,
             allowed_origins,
@@ -699,5 +794,90 @@ mod tests {
             e.to_string().starts_with("invalid setting idle_timeot"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn redis_session_stores() {
+        let with = |store: &str| {
+            Settings::resolve(&SettingsArgs {
+                session_store: Some(store.into()),
+                ..Default::default()
+            })
+        };
+        for ok in [
+            "redis://127.0.0.1:6379",
+            "rediss://user:pw@cache.example:6380/1",
+            "redis+sentinel://10.0.0.1:26379,10.0.0.2/mymaster",
+            "redis+cluster://10.0.0.1:7000,10.0.0.2:7000",
+        ] {
+            assert!(with(ok).is_ok(), "{ok}");
+        }
+        let e = with("redis+sentinel://u:hunter2@10.0.0.1:26379,10.0.0.2").unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.starts_with("invalid setting --session-store"),
+            "{text}"
+        );
+        assert!(text.contains("service name"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        let e = Settings::resolve(&SettingsArgs {
+            database: Some("redis://127.0.0.1".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with("invalid setting --database"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn session_caches_need_a_redis_store() {
+        let e = Settings::resolve(&SettingsArgs {
+            session_cache: Some(SessionCache::Near),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with("invalid setting --session-cache"),
+            "{e}"
+        );
+        let s = Settings::resolve(&SettingsArgs {
+            session_store: Some("redis://127.0.0.1:6379".into()),
+            session_cache: Some(SessionCache::Replicated),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.session_cache, SessionCache::Replicated);
+        assert_eq!(s.session_cache_capacity, 100_000);
+    }
+
+    #[test]
+    fn store_timeout_and_replica_waits() {
+        let s = Settings::resolve(&SettingsArgs::default()).unwrap();
+        assert_eq!(s.store_timeout, Duration::from_secs(2));
+        assert_eq!(s.redis_wait_replicas, WaitReplicas::Auto);
+        assert_eq!(parse_wait_replicas("0"), Ok(WaitReplicas::Count(0)));
+        assert_eq!(parse_wait_replicas("2"), Ok(WaitReplicas::Count(2)));
+        assert!(parse_wait_replicas("many").is_err());
+        let e = Settings::resolve(&SettingsArgs {
+            store_timeout: Some(Duration::from_secs(600)),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with("invalid setting --store-timeout"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn urls_are_redacted_for_messages() {
+        assert_eq!(
+            redacted("redis+sentinel://app:s3cret@h1:26379,h2/m"),
+            "redis+sentinel://app:***@h1:26379,h2/m"
+        );
+        assert_eq!(redacted("postgres://u:pw@db/x"), "postgres://u:***@db/x");
+        assert_eq!(redacted("sqlite://keyward.db"), "sqlite://keyward.db");
     }
 }

@@ -10,6 +10,12 @@ use clap::{Parser, Subcommand};
 use config::{ConfigError, Settings, SettingsArgs};
 use std::process::ExitCode;
 
+/// mimalloc instead of the system allocator: a request allocates and frees many small
+/// buffers on both worker threads, where glibc's arenas contend (measured in
+/// docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// keyward: session and token authentication server.
 #[derive(Debug, Parser)]
 #[command(name = "keyward", version, about, propagate_version = true)]

@@ -84,16 +84,19 @@ pub async fn serve(mut settings: Settings) -> anyhow::Result<()> {
     let clock: SharedClock = Arc::new(SystemClock);
     let hasher =
         PasswordHasher::new(settings.hash_concurrency).context("starting the password hasher")?;
-    let auth = Arc::new(
-        AuthService::new(
-            stores.users,
-            stores.sessions,
-            hasher,
-            clock,
-            auth_config(&settings),
-        )
-        .with_token_store(stores.tokens.clone()),
-    );
+    let mut auth = AuthService::new(
+        stores.users,
+        stores.sessions,
+        hasher,
+        clock,
+        auth_config(&settings),
+    )
+    .with_token_store(stores.tokens.clone());
+    if let Some(log) = stores.failure_log {
+        // Beside shared sessions, failed logins are counted fleet-wide.
+        auth = auth.with_failure_log(log);
+    }
+    let auth = Arc::new(auth);
     let tokens = Arc::new(
         TokenService::new(
             auth.clone(),
@@ -112,24 +115,38 @@ pub async fn serve(mut settings: Settings) -> anyhow::Result<()> {
         introspection_token: settings.introspection_token.clone(),
     };
     let kw = Keyward::new(auth, Some(tokens), http);
-    tracing::info!(%addr, public_url = %settings.public_url, issuer = %settings.issuer, database = %redact_url(&settings.database), session_store = %redact_url(&settings.session_store), "keyward listening");
+    tracing::info!(%addr, public_url = %settings.public_url, issuer = %settings.issuer, database = %crate::config::redacted(&settings.database), session_store = %crate::config::redacted(&settings.session_store), "keyward listening");
 
     // Every 30 s: drop what has expired, and pick up signing keys rotated elsewhere (the
-    // contract promises within a minute).
+    // contract promises within a minute). Redis expires keys by itself; its sweep only
+    // prunes what TTLs cannot (index entries), and walks the whole key space, so it runs
+    // hourly.
     let background = kw.clone();
+    let sweep_every: u32 = if keyward_redis::is_redis_url(&settings.session_store) {
+        120
+    } else {
+        1
+    };
     tokio::spawn(async move {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
         every.tick().await;
+        let mut round: u32 = 0;
         loop {
             every.tick().await;
-            match background.auth().purge_expired().await {
-                Ok(0) => {}
-                Ok(n) => tracing::debug!(purged = n, "expired sessions removed"),
-                Err(e) => tracing::warn!(error = %e, "purging expired sessions failed"),
+            round = round.wrapping_add(1);
+            let sweep = round % sweep_every == 0;
+            if sweep {
+                match background.auth().purge_expired().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(purged = n, "expired sessions removed"),
+                    Err(e) => tracing::warn!(error = %e, "purging expired sessions failed"),
+                }
             }
             if let Some(t) = background.tokens() {
-                if let Err(e) = t.purge().await {
-                    tracing::warn!(error = %e, "purging expired tokens failed");
+                if sweep {
+                    if let Err(e) = t.purge().await {
+                        tracing::warn!(error = %e, "purging expired tokens failed");
+                    }
                 }
                 if let Err(e) = t.reload_keys().await {
                     tracing::warn!(error = %e, "reloading signing keys failed");
@@ -148,17 +165,6 @@ pub async fn serve(mut settings: Settings) -> anyhow::Result<()> {
     .context("serving")?;
     tracing::info!("keyward stopped");
     Ok(())
-}
-
-/// A store URL without its password, for logs.
-pub fn redact_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("redacted"));
-            u.to_string()
-        }
-        _ => raw.to_owned(),
-    }
 }
 
 async fn shutdown() {

@@ -1,7 +1,12 @@
 //! Opening the stores the settings name.
 
+use crate::config::SessionCache;
 use crate::config::{ConfigError, Settings};
-use keyward_core::{DynKeyStore, DynSessionStore, DynTokenStore, DynUserStore, MemorySessionStore};
+use keyward_core::{
+    DynFailureLog, DynKeyStore, DynSessionStore, DynTokenStore, DynUserStore, MemorySessionStore,
+};
+use keyward_redis::cache::{CacheMode, CachedSessions};
+use keyward_redis::{RedisOptions, RedisStore};
 use keyward_sql::{PostgresStore, SqliteStore};
 use keyward_token::Kek;
 use std::io::Write;
@@ -15,6 +20,9 @@ pub struct Stores {
     pub tokens: DynTokenStore,
     /// Signing keys: in the database.
     pub keys: DynKeyStore,
+    /// Where failed logins are counted when the fleet shares it (a PostgreSQL or Redis
+    /// session store); else each process counts its own.
+    pub failure_log: Option<DynFailureLog>,
 }
 
 fn open_error(setting: &str, e: impl std::fmt::Display) -> ConfigError {
@@ -30,6 +38,9 @@ fn is_postgres(url: &str) -> bool {
 
 /// Open (and migrate) the users database and the session store.
 pub async fn open(settings: &Settings) -> Result<Stores, ConfigError> {
+    // Where failed logins are counted when a fleet shares it: the session store, if it is
+    // PostgreSQL or Redis; otherwise each process counts its own.
+    let mut failure_log: Option<DynFailureLog> = None;
     let (users, keys, db_sessions): (DynUserStore, DynKeyStore, (DynSessionStore, DynTokenStore)) =
         if is_postgres(&settings.database) {
             let db = Arc::new(
@@ -37,6 +48,9 @@ pub async fn open(settings: &Settings) -> Result<Stores, ConfigError> {
                     .await
                     .map_err(|e| open_error("database", e))?,
             );
+            if settings.session_store == settings.database {
+                failure_log = Some(db.clone());
+            }
             (db.clone(), db.clone(), (db.clone(), db))
         } else {
             let db = Arc::new(
@@ -52,12 +66,41 @@ pub async fn open(settings: &Settings) -> Result<Stores, ConfigError> {
         } else if settings.session_store == "memory" {
             let m = Arc::new(MemorySessionStore::new());
             (m.clone(), m)
+        } else if keyward_redis::is_redis_url(&settings.session_store) {
+            let options = RedisOptions {
+                idle_timeout: time::Duration::try_from(settings.idle_timeout)
+                    .map_err(|e| open_error("idle-timeout", e))?,
+                timeout: settings.store_timeout,
+                wait_replicas: settings.redis_wait_replicas,
+                wait_timeout: (settings.store_timeout / 2).min(std::time::Duration::from_secs(1)),
+            };
+            let s = RedisStore::connect(&settings.session_store, options)
+                .await
+                .map_err(|e| open_error("session-store", e))?;
+            let mode = match settings.session_cache {
+                SessionCache::None => None,
+                SessionCache::Near => Some(CacheMode::Near(settings.session_cache_capacity)),
+                SessionCache::Replicated => Some(CacheMode::Replicated),
+            };
+            // With a cache, the deny check of bearer requests answers from the same feed.
+            let (sessions, tokens): (DynSessionStore, DynTokenStore) = match mode {
+                Some(mode) => {
+                    let cached = CachedSessions::start(s.clone(), mode)
+                        .await
+                        .map_err(|e| open_error("session-cache", e))?;
+                    (cached.clone(), cached)
+                }
+                None => (Arc::new(s.clone()), Arc::new(s.clone())),
+            };
+            failure_log = Some(Arc::new(s));
+            (sessions, tokens)
         } else if is_postgres(&settings.session_store) {
             let s = Arc::new(
                 PostgresStore::open(&settings.session_store)
                     .await
                     .map_err(|e| open_error("session-store", e))?,
             );
+            failure_log = Some(s.clone());
             (s.clone(), s)
         } else {
             let s = Arc::new(
@@ -72,6 +115,7 @@ pub async fn open(settings: &Settings) -> Result<Stores, ConfigError> {
         sessions,
         tokens,
         keys,
+        failure_log,
     })
 }
 
