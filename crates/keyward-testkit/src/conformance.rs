@@ -20,15 +20,15 @@ pub struct Fixture<S: ?Sized> {
     pub keep: Vec<Box<dyn Any + Send + Sync>>,
 }
 
-fn t0() -> OffsetDateTime {
+pub fn t0() -> OffsetDateTime {
     from_unix_ms(1_800_000_000_000)
 }
 
 /// A session record for `user`, created at `at`.
 pub fn session(user: UserId, at: OffsetDateTime) -> SessionRecord {
-    let token = SessionToken::generate().expect("random");
+    let token = SessionToken::generate_in(user.shard()).expect("random");
     SessionRecord {
-        id: SessionId::new(),
+        id: SessionId::new_in(user.shard()),
         token_hash: token.hash(),
         user_id: user,
         username: "alice".into(),
@@ -353,7 +353,7 @@ use keyward_core::{RefreshFamily, RotateOutcome, TokenHash, TokenStore};
 
 fn family(user: UserId, at: OffsetDateTime) -> RefreshFamily {
     RefreshFamily {
-        id: SessionId::new(),
+        id: SessionId::new_in(user.shard()),
         user_id: user,
         username: "alice".into(),
         created_at: at,
@@ -361,8 +361,9 @@ fn family(user: UserId, at: OffsetDateTime) -> RefreshFamily {
     }
 }
 
-fn hash() -> TokenHash {
-    SessionToken::generate().unwrap().hash()
+/// A refresh-token hash in the shard of `f`'s user, as the token service mints them.
+fn hash(f: &RefreshFamily) -> TokenHash {
+    SessionToken::generate_in(f.user_id.shard()).unwrap().hash()
 }
 
 const NO_GRACE: Duration = Duration::ZERO;
@@ -370,7 +371,7 @@ const NO_GRACE: Duration = Duration::ZERO;
 /// Rotation uses a token once; a replay revokes the family, its newest token included.
 pub async fn rotation_and_reuse(s: &dyn TokenStore) {
     let f = family(UserId::new(), t0());
-    let (r0, r1, r2) = (hash(), hash(), hash());
+    let (r0, r1, r2) = (hash(&f), hash(&f), hash(&f));
     s.create_family(&f, &r0).await.unwrap();
     assert_eq!(s.family_of(&r0, t0()).await.unwrap(), Some(f.clone()));
     assert_eq!(
@@ -388,11 +389,11 @@ pub async fn rotation_and_reuse(s: &dyn TokenStore) {
     );
     assert!(!s.is_denied("any-jti", f.id, t0()).await.unwrap());
     assert_eq!(
-        s.rotate(&r0, &hash(), t0(), NO_GRACE).await.unwrap(),
+        s.rotate(&r0, &hash(&f), t0(), NO_GRACE).await.unwrap(),
         RotateOutcome::Reused(f.clone())
     );
     assert_eq!(
-        s.rotate(&r2, &hash(), t0(), NO_GRACE).await.unwrap(),
+        s.rotate(&r2, &hash(&f), t0(), NO_GRACE).await.unwrap(),
         RotateOutcome::Invalid,
         "the newest token dies with its family"
     );
@@ -401,7 +402,9 @@ pub async fn rotation_and_reuse(s: &dyn TokenStore) {
         "its access tokens are denied by sid"
     );
     assert_eq!(
-        s.rotate(&hash(), &hash(), t0(), NO_GRACE).await.unwrap(),
+        s.rotate(&hash(&f), &hash(&f), t0(), NO_GRACE)
+            .await
+            .unwrap(),
         RotateOutcome::Invalid
     );
 }
@@ -411,7 +414,7 @@ pub async fn rotation_and_reuse(s: &dyn TokenStore) {
 pub async fn reuse_grace(s: &dyn TokenStore) {
     let grace = Duration::seconds(30);
     let f = family(UserId::new(), t0());
-    let (r0, r1, r2) = (hash(), hash(), hash());
+    let (r0, r1, r2) = (hash(&f), hash(&f), hash(&f));
     s.create_family(&f, &r0).await.unwrap();
     assert_eq!(
         s.rotate(&r0, &r1, t0(), grace).await.unwrap(),
@@ -439,7 +442,7 @@ pub async fn reuse_grace(s: &dyn TokenStore) {
     );
 
     let g = family(UserId::new(), t0());
-    let (q0, q1) = (hash(), hash());
+    let (q0, q1) = (hash(&g), hash(&g));
     s.create_family(&g, &q0).await.unwrap();
     assert_eq!(
         s.rotate(&q0, &q1, t0(), grace).await.unwrap(),
@@ -454,11 +457,11 @@ pub async fn reuse_grace(s: &dyn TokenStore) {
     );
 
     let h = family(UserId::new(), t0());
-    let (p0, p1) = (hash(), hash());
+    let (p0, p1) = (hash(&h), hash(&h));
     s.create_family(&h, &p0).await.unwrap();
     s.rotate(&p0, &p1, t0(), grace).await.unwrap();
     assert_eq!(
-        s.rotate(&p0, &hash(), t0(), grace).await.unwrap(),
+        s.rotate(&p0, &hash(&h), t0(), grace).await.unwrap(),
         RotateOutcome::Reused(h),
         "a different successor"
     );
@@ -467,12 +470,12 @@ pub async fn reuse_grace(s: &dyn TokenStore) {
 /// Of concurrent rotations of one token, exactly one rotates.
 pub async fn concurrent_rotation_has_one_winner(s: Arc<dyn TokenStore>) {
     let f = family(UserId::new(), t0());
-    let r0 = hash();
+    let r0 = hash(&f);
     s.create_family(&f, &r0).await.unwrap();
     let tasks: Vec<_> = (0..8)
         .map(|_| {
-            let s = s.clone();
-            tokio::spawn(async move { s.rotate(&r0, &hash(), t0(), NO_GRACE).await.unwrap() })
+            let (s, next) = (s.clone(), hash(&f));
+            tokio::spawn(async move { s.rotate(&r0, &next, t0(), NO_GRACE).await.unwrap() })
         })
         .collect();
     let mut rotated = 0;
@@ -490,7 +493,7 @@ pub async fn deny_revoke_and_purge(s: &dyn TokenStore) {
     let a1 = family(alice, t0());
     let a2 = family(alice, t0());
     let b1 = family(bob, t0());
-    let (ra1, ra2, rb1) = (hash(), hash(), hash());
+    let (ra1, ra2, rb1) = (hash(&a1), hash(&a2), hash(&b1));
     s.create_family(&a1, &ra1).await.unwrap();
     s.create_family(&a2, &ra2).await.unwrap();
     s.create_family(&b1, &rb1).await.unwrap();
@@ -521,7 +524,7 @@ pub async fn deny_revoke_and_purge(s: &dyn TokenStore) {
     let later = t0() + Duration::days(31);
     assert_eq!(s.family_of(&rb1, later).await.unwrap(), None);
     assert_eq!(
-        s.rotate(&rb1, &hash(), later, NO_GRACE).await.unwrap(),
+        s.rotate(&rb1, &hash(&b1), later, NO_GRACE).await.unwrap(),
         RotateOutcome::Invalid
     );
     assert!(s.purge_tokens(later).await.unwrap() >= 4);
@@ -556,4 +559,54 @@ macro_rules! token_store_conformance {
             }
         }
     };
+}
+
+/// Every session-store check in turn on one store: for deployments too costly to start once
+/// per check (a Cluster, Sentinel). The purge check goes first, while the store is empty.
+pub async fn session_suite(s: Arc<dyn SessionStore>) {
+    purge_removes_only_expired(&*s).await;
+    create_then_get(&*s).await;
+    touch_moves_forward_only(&*s).await;
+    delete_returns_the_session_once(&*s).await;
+    delete_by_id_honours_the_owner(&*s).await;
+    per_user_list_and_revoke(&*s).await;
+    replace_is_atomic(&*s).await;
+    concurrent_delete_has_one_winner(s.clone()).await;
+    concurrent_creates_are_all_kept(s).await;
+}
+
+/// Every token-store check in turn on one store (see [`session_suite`]).
+pub async fn token_suite(s: Arc<dyn TokenStore>) {
+    rotation_and_reuse(&*s).await;
+    reuse_grace(&*s).await;
+    deny_revoke_and_purge(&*s).await;
+    concurrent_rotation_has_one_winner(s).await;
+}
+
+/// A failure log keeps, per key, the newest failures inside the window, and forgets on demand.
+pub async fn failure_log(log: &dyn keyward_core::FailureLog) {
+    let (a, b) = ("a:conformance-a", "i:192.0.2.9");
+    let window = Duration::minutes(15);
+    for i in 0..3 {
+        let now = t0() + Duration::seconds(i);
+        log.record(a, now, now - window, 2, window).await.unwrap();
+    }
+    log.record(b, t0(), t0() - window, 5, window).await.unwrap();
+    assert_eq!(
+        log.failures(a, t0() - window).await.unwrap(),
+        vec![t0() + Duration::seconds(1), t0() + Duration::seconds(2)],
+        "the newest two, oldest first"
+    );
+    assert_eq!(
+        log.failures(a, t0() + Duration::seconds(1)).await.unwrap(),
+        vec![t0() + Duration::seconds(2)],
+        "only those after `since`"
+    );
+    log.forget(a).await.unwrap();
+    assert!(log.failures(a, t0() - window).await.unwrap().is_empty());
+    assert_eq!(
+        log.failures(b, t0() - window).await.unwrap(),
+        vec![t0()],
+        "other keys kept"
+    );
 }

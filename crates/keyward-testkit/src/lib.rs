@@ -10,7 +10,10 @@
 #![allow(missing_docs)]
 
 pub mod conformance;
+pub mod nginx;
 pub mod pg;
+pub mod ports;
+pub mod redis;
 
 use keyward_core::DynTokenStore;
 use keyward_core::{
@@ -109,6 +112,70 @@ pub async fn sqlite_tokens() -> Fixture<dyn keyward_core::TokenStore> {
     Fixture {
         store: f.store,
         keep: f.keep,
+    }
+}
+
+/// A store on a private standalone Redis.
+pub async fn redis_store() -> (Arc<keyward_redis::RedisStore>, redis::RedisServer) {
+    let server = redis::RedisServer::start().await;
+    let store = keyward_redis::RedisStore::connect(&server.url(), Default::default())
+        .await
+        .unwrap();
+    (Arc::new(store), server)
+}
+
+/// Redis as a session store.
+pub async fn redis_sessions() -> Fixture<dyn SessionStore> {
+    let (store, server) = redis_store().await;
+    Fixture {
+        store,
+        keep: vec![Box::new(server)],
+    }
+}
+
+/// A near cache in front of a private Redis.
+pub async fn redis_near_sessions() -> Fixture<dyn SessionStore> {
+    redis_cached(keyward_redis::cache::CacheMode::Near(1000)).await
+}
+
+/// A replicated cache in front of a private Redis.
+pub async fn redis_replicated_sessions() -> Fixture<dyn SessionStore> {
+    redis_cached(keyward_redis::cache::CacheMode::Replicated).await
+}
+
+async fn redis_cached(mode: keyward_redis::cache::CacheMode) -> Fixture<dyn SessionStore> {
+    let (store, server) = redis_store().await;
+    let cached = keyward_redis::cache::CachedSessions::start((*store).clone(), mode)
+        .await
+        .unwrap();
+    assert!(cached.is_up());
+    Fixture {
+        store: cached,
+        keep: vec![Box::new(server)],
+    }
+}
+
+/// Redis as a token store, through a replicated cache (the deny check answers from memory).
+pub async fn redis_cached_tokens() -> Fixture<dyn keyward_core::TokenStore> {
+    let (store, server) = redis_store().await;
+    let cached = keyward_redis::cache::CachedSessions::start(
+        (*store).clone(),
+        keyward_redis::cache::CacheMode::Replicated,
+    )
+    .await
+    .unwrap();
+    Fixture {
+        store: cached,
+        keep: vec![Box::new(server)],
+    }
+}
+
+/// Redis as a token store.
+pub async fn redis_tokens() -> Fixture<dyn keyward_core::TokenStore> {
+    let (store, server) = redis_store().await;
+    Fixture {
+        store,
+        keep: vec![Box::new(server)],
     }
 }
 

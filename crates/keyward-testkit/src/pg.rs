@@ -82,11 +82,7 @@ impl PgServer {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::ports::free_port();
         let mut child = command(bin.join("postgres"), root)
             .arg("-D")
             .arg(&data)

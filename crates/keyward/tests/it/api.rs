@@ -41,7 +41,11 @@ async fn the_whole_story() {
     );
     let cookie = cookie_pair(res.headers(), "keyward").unwrap();
     let token = cookie.trim_start_matches("keyward=").to_owned();
-    assert_eq!(token.len(), 43, "256-bit token, base64url");
+    assert_eq!(
+        token.len(),
+        46,
+        "256 random bits and a 2-byte shard nonce, base64url"
+    );
     let login = body(res).await;
     assert_eq!(login["user"]["username"], "Alice");
     assert_eq!(login["user"]["id"], user["id"]);
@@ -119,7 +123,7 @@ async fn unauthenticated_requests_get_401_with_www_authenticate() {
         assert!(p["title"].is_string() && p["detail"].is_string() && p["type"].is_string());
     }
     // A garbage or well-formed but unknown token is just unauthenticated.
-    let fake = format!("keyward={}", "A".repeat(43));
+    let fake = format!("keyward={}", "A".repeat(46));
     assert_eq!(app.get_with("/v1/me", &fake).await.status(), 401);
     assert_eq!(
         app.get_with("/v1/me", "keyward=%00%ff<script>")
@@ -183,7 +187,7 @@ async fn a_cookie_sent_twice_is_refused() {
         .client
         .get(app.url("/v1/me"))
         .header("cookie", &cookie)
-        .header("cookie", format!("keyward={}", "B".repeat(43)))
+        .header("cookie", format!("keyward={}", "B".repeat(46)))
         .send()
         .await
         .unwrap();
@@ -201,7 +205,7 @@ async fn a_cookie_sent_twice_is_refused() {
 async fn every_login_issues_a_fresh_token_and_never_adopts_a_planted_one() {
     let app = spawn_app().await;
     assert_eq!(app.register("erin", PW).await.status(), 201);
-    let planted = format!("keyward={}", "C".repeat(43));
+    let planted = format!("keyward={}", "C".repeat(46));
     let res = app
         .client
         .post(app.url("/v1/sessions"))

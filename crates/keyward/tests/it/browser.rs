@@ -22,11 +22,7 @@ async fn chromedriver() -> (Child, String) {
         std::path::Path::new(CHROMEDRIVER).exists() && std::path::Path::new(CHROMIUM).exists(),
         "Chromium and ChromeDriver are needed: apt-get install chromium chromium-driver (scripts/test installs them)"
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = keyward_testkit::ports::free_port();
     let mut child = Command::new(CHROMEDRIVER)
         .args([format!("--port={port}"), "--allowed-ips=127.0.0.1".into()])
         .stdout(Stdio::piped())

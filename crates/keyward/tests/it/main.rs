@@ -14,7 +14,9 @@ mod browser;
 mod crosssite;
 mod example;
 mod expiry;
+mod fleet;
 mod process;
+mod redis;
 mod throttle;
 mod tokens;
 
@@ -33,3 +35,35 @@ keyward_testkit::session_store_conformance!(
 keyward_testkit::token_store_conformance!(postgres_token_store, keyward_testkit::postgres_tokens);
 keyward_testkit::user_store_conformance!(postgres_user_store, keyward_testkit::postgres_users);
 keyward_testkit::user_store_conformance!(sqlite_user_store, keyward_testkit::sqlite_users);
+keyward_testkit::session_store_conformance!(redis_session_store, keyward_testkit::redis_sessions);
+keyward_testkit::token_store_conformance!(redis_token_store, keyward_testkit::redis_tokens);
+keyward_testkit::token_store_conformance!(
+    redis_cached_token_store,
+    keyward_testkit::redis_cached_tokens
+);
+keyward_testkit::session_store_conformance!(
+    redis_near_cache_session_store,
+    keyward_testkit::redis_near_sessions
+);
+keyward_testkit::session_store_conformance!(
+    redis_replicated_cache_session_store,
+    keyward_testkit::redis_replicated_sessions
+);
+
+#[tokio::test]
+async fn failure_log_in_memory() {
+    keyward_testkit::conformance::failure_log(&keyward_core::MemoryFailureLog::default()).await;
+}
+
+#[tokio::test]
+async fn failure_log_on_redis() {
+    let (store, _server) = keyward_testkit::redis_store().await;
+    keyward_testkit::conformance::failure_log(&*store).await;
+}
+
+#[tokio::test]
+async fn failure_log_on_postgres() {
+    let pg = keyward_testkit::pg::PgServer::start().await;
+    let store = keyward_sql::PostgresStore::open(&pg.url).await.unwrap();
+    keyward_testkit::conformance::failure_log(&store).await;
+}

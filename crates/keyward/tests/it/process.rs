@@ -9,8 +9,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 
-const BIN: &str = env!("CARGO_BIN_EXE_keyward");
-const PW: &str = "correct-horse-battery";
+pub const BIN: &str = env!("CARGO_BIN_EXE_keyward");
+pub const PW: &str = "correct-horse-battery";
 
 /// A `keyward serve` process with its stderr captured.
 pub struct Server {
@@ -24,12 +24,24 @@ impl Server {
     /// Start `keyward serve` in `dir` on a free port, with JSON logs, and wait for the line
     /// that says it listens.
     pub async fn start(dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(dir, extra, &[]).await
+    }
+
+    /// [`start`](Self::start) with extra environment variables.
+    pub async fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let bind: &[&str] = if extra.contains(&"--bind") {
+            &[]
+        } else {
+            &["--bind", "127.0.0.1:0"]
+        };
         let mut child = Command::new(BIN)
             .arg("serve")
-            .args(["--bind", "127.0.0.1:0", "--log-format", "json"])
+            .args(bind)
+            .args(["--log-format", "json"])
             .args(extra)
             .current_dir(dir)
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -76,6 +88,24 @@ impl Server {
 
     pub async fn stop(mut self) {
         self.child.kill().await.unwrap();
+    }
+
+    /// Ask it to stop as an operator would (SIGTERM: finish what is in flight, then exit),
+    /// and wait until it has.
+    pub async fn terminate(mut self) {
+        if let Some(pid) = self.child.id() {
+            let st = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await
+                .unwrap();
+            assert!(st.success());
+        }
+        let st = tokio::time::timeout(std::time::Duration::from_secs(15), self.child.wait())
+            .await
+            .expect("keyward did not stop within 15 s of SIGTERM")
+            .unwrap();
+        assert!(st.success(), "keyward exited with {st} on SIGTERM");
     }
 
     pub fn log_text(&self) -> String {
@@ -281,7 +311,7 @@ async fn precedence_is_flag_then_env_then_file() {
     s.stop().await;
 }
 
-async fn register_and_login(base: &str, user: &str, pw: &str) -> String {
+pub async fn register_and_login(base: &str, user: &str, pw: &str) -> String {
     let c = client();
     let res = c
         .post(format!("{base}/v1/users"))
@@ -293,7 +323,7 @@ async fn register_and_login(base: &str, user: &str, pw: &str) -> String {
     login(base, user, pw).await
 }
 
-async fn login(base: &str, user: &str, pw: &str) -> String {
+pub async fn login(base: &str, user: &str, pw: &str) -> String {
     let res = client()
         .post(format!("{base}/v1/sessions"))
         .json(&json!({"username": user, "password": pw}))
@@ -304,7 +334,7 @@ async fn login(base: &str, user: &str, pw: &str) -> String {
     cookie_pair(res.headers(), "keyward").unwrap()
 }
 
-async fn me(base: &str, cookie: &str) -> u16 {
+pub async fn me(base: &str, cookie: &str) -> u16 {
     client()
         .get(format!("{base}/v1/me"))
         .header("cookie", cookie)
@@ -651,6 +681,8 @@ async fn two_servers_on_one_postgres_behave_as_one() {
         kek.as_str(),
         "--public-url",
         "http://auth.fleet.test",
+        "--login-max-failures-per-account",
+        "2",
     ];
     let a = Server::start(dir.path(), &args).await;
     let b = Server::start(dir.path(), &args).await;
@@ -697,6 +729,26 @@ async fn two_servers_on_one_postgres_behave_as_one() {
         "a logout on one node holds on the other"
     );
     assert_eq!(me(&b.base, &cookie).await, 401);
+    // Failed logins are counted in the shared database: two on two nodes reach the limit of
+    // two on both.
+    for node in [&a, &b] {
+        let res = c
+            .post(node.url("/v1/sessions"))
+            .json(&json!({"username": "pat", "password": "not-the-password"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401);
+    }
+    for node in [&a, &b] {
+        let res = c
+            .post(node.url("/v1/sessions"))
+            .json(&json!({"username": "pat", "password": PW}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 429, "the fleet's limit, not each node's");
+    }
     a.stop().await;
     b.stop().await;
 }

@@ -75,7 +75,11 @@ async fn password_grant_issues_a_pair_and_bearer_works() {
     assert_eq!(v["expires_in"], 900);
     let access = v["access_token"].as_str().unwrap();
     let refresh_token = v["refresh_token"].as_str().unwrap();
-    assert_eq!(refresh_token.len(), 43, "256-bit opaque refresh token");
+    assert_eq!(
+        refresh_token.len(),
+        46,
+        "256-bit opaque refresh token and a 2-byte shard nonce"
+    );
     let (header, claims) = parts(access);
     assert_eq!(header["typ"], "at+jwt");
     assert_eq!(header["alg"], "EdDSA");
@@ -842,4 +846,28 @@ async fn signing_out_everywhere_else_includes_token_clients() {
         .unwrap();
     assert_eq!(res.status(), 403);
     assert_eq!(app.get_with("/v1/me", &cookie).await.status(), 200);
+}
+
+#[tokio::test]
+async fn access_tokens_never_outlive_their_family() {
+    let app = spawn_app_with(AppOptions {
+        refresh_ttl: Duration::minutes(20),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(app.register("fiona", PW).await.status(), 201);
+    let (_, refresh_token) = pair(&app, "fiona").await;
+    // 10 minutes before the family ends, a refresh gets an access token for those 10 minutes,
+    // not the configured 15: a revoked family must deny every token it issued, and stores
+    // keep a family's record only so long after its end.
+    app.clock.advance(Duration::minutes(10));
+    let res = refresh(&app, &refresh_token).await;
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["expires_in"], 600);
+    let (_, claims) = parts(v["access_token"].as_str().unwrap());
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        600
+    );
 }

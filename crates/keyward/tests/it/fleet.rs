@@ -1,0 +1,700 @@
+//! Many servers: several real `keyward serve` processes sharing a Redis session store and a
+//! SQLite user database, behind a real nginx doing round robin without stickiness. What one
+//! node does, every node honours at once; restarts, dead nodes and a dead Redis primary lose
+//! no acknowledged session.
+
+use crate::process::{login, me, register_and_login, Server, PW};
+use keyward_testkit::nginx::Nginx;
+use keyward_testkit::redis::{free_port, RedisSentinel, RedisServer};
+use keyward_testkit::{client, cookie_pair};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// N nodes and the load balancer in front of them.
+struct Fleet {
+    dir: tempfile::TempDir,
+    args: Vec<String>,
+    ports: Vec<u16>,
+    nodes: Vec<Option<Server>>,
+    lb: Nginx,
+}
+
+impl Fleet {
+    async fn start(store: &str, n: usize, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let lb_port = free_port();
+        let mut args: Vec<String> = vec![
+            "--session-store".into(),
+            store.into(),
+            "--database".into(),
+            format!("sqlite://{}/keyward.db", dir.path().display()),
+            // One public URL for the fleet: the load balancer's.
+            "--public-url".into(),
+            format!("http://127.0.0.1:{lb_port}"),
+            "--trusted-proxies".into(),
+            "127.0.0.1".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let mut fleet = Self {
+            dir,
+            args,
+            ports: ports.clone(),
+            nodes: Vec::new(),
+            lb: Nginx::start(lb_port, &ports).await,
+        };
+        // One at a time: the first creates and migrates the database.
+        for i in 0..n {
+            let node = fleet.spawn(i).await;
+            fleet.nodes.push(Some(node));
+        }
+        fleet
+    }
+
+    async fn spawn(&self, i: usize) -> Server {
+        let bind = format!("127.0.0.1:{}", self.ports[i]);
+        let mut args: Vec<&str> = vec!["--bind", &bind];
+        args.extend(self.args.iter().map(String::as_str));
+        Server::start(self.dir.path(), &args).await
+    }
+
+    fn lb(&self) -> String {
+        self.lb.base()
+    }
+
+    /// The bases of the nodes that are up.
+    fn nodes(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .flatten()
+            .map(|s| s.base.clone())
+            .collect()
+    }
+
+    /// The status `GET /v1/me` with `cookie` gets from every node that is up, directly.
+    async fn me_everywhere(&self, cookie: &str) -> Vec<u16> {
+        let mut out = Vec::new();
+        for base in self.nodes() {
+            out.push(me(&base, cookie).await);
+        }
+        out
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for (i, node) in self.nodes.iter().enumerate() {
+                if let Some(node) = node {
+                    eprintln!("---- node {i} ({}) logged:\n{}", node.base, node.log_text());
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_behind_nginx_behave_as_one() {
+    behave_as_one("none").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_with_near_caches_behave_as_one() {
+    behave_as_one("near").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_with_replicated_caches_behave_as_one() {
+    behave_as_one("replicated").await
+}
+
+/// Every check is made right after the change is acknowledged, on every node: with a cache,
+/// "at once" means the feed reached every node before the change was acknowledged.
+async fn behave_as_one(cache: &str) {
+    let redis = RedisServer::start().await;
+    let fleet = Fleet::start(&redis.url(), 3, &["--session-cache", cache]).await;
+    let lb = fleet.lb();
+    let c = client();
+
+    // A login answered by whichever node is valid on every node, and through the balancer.
+    let a = register_and_login(&lb, "ada", PW).await;
+    assert_eq!(fleet.me_everywhere(&a).await, vec![200, 200, 200]);
+    for _ in 0..6 {
+        assert_eq!(me(&lb, &a).await, 200);
+    }
+
+    if cache != "none" {
+        // Reads are counted by how the cache answered.
+        let metrics = c
+            .get(format!("{}/metrics", fleet.nodes()[0]))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains(r#"keyward_session_cache_total{result="hit"}"#),
+            "{metrics}"
+        );
+    }
+
+    // Revoke-others on one node: the other session dies everywhere, the current one lives.
+    let b = login(&lb, "ada", PW).await;
+    let n0 = &fleet.nodes()[0];
+    let listed: Value = c
+        .get(format!("{n0}/v1/sessions"))
+        .header("cookie", &a)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+    let res = c
+        .delete(format!("{n0}/v1/sessions"))
+        .header("cookie", &a)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(fleet.me_everywhere(&b).await, vec![401, 401, 401]);
+    assert_eq!(fleet.me_everywhere(&a).await, vec![200, 200, 200]);
+
+    // A password change on another node: the old cookie is dead everywhere, the new one and
+    // only it lives, and sessions elsewhere are revoked.
+    let other = login(&lb, "ada", PW).await;
+    let n1 = &fleet.nodes()[1];
+    let res = c
+        .put(format!("{n1}/v1/users/me/password"))
+        .header("cookie", &a)
+        .json(&json!({"current_password": PW, "new_password": "another-long-passphrase"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let renewed = cookie_pair(res.headers(), "keyward").expect("a new cookie");
+    assert_ne!(renewed, a);
+    assert_eq!(fleet.me_everywhere(&a).await, vec![401, 401, 401]);
+    assert_eq!(fleet.me_everywhere(&other).await, vec![401, 401, 401]);
+    assert_eq!(fleet.me_everywhere(&renewed).await, vec![200, 200, 200]);
+
+    // A logout on the third node holds on all.
+    let n2 = &fleet.nodes()[2];
+    let res = c
+        .delete(format!("{n2}/v1/sessions/current"))
+        .header("cookie", &renewed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(fleet.me_everywhere(&renewed).await, vec![401, 401, 401]);
+
+    // A refresh token rotated on one node and replayed on another revokes the family
+    // everywhere: the newest refresh token and the access tokens die with it.
+    let token = |node: String, form: Vec<(&'static str, String)>| {
+        let c = c.clone();
+        async move {
+            let res = c
+                .post(format!("{node}/v1/token"))
+                .form(&form)
+                .send()
+                .await
+                .unwrap();
+            (res.status().as_u16(), res.json::<Value>().await.unwrap())
+        }
+    };
+    let nodes = fleet.nodes();
+    let (st, grant) = token(
+        nodes[0].clone(),
+        vec![
+            ("grant_type", "password".into()),
+            ("username", "ada".into()),
+            ("password", "another-long-passphrase".into()),
+        ],
+    )
+    .await;
+    assert_eq!(st, 200, "{grant}");
+    let r0 = grant["refresh_token"].as_str().unwrap().to_owned();
+    let (st, rotated) = token(
+        nodes[1].clone(),
+        vec![
+            ("grant_type", "refresh_token".into()),
+            ("refresh_token", r0.clone()),
+        ],
+    )
+    .await;
+    assert_eq!(st, 200, "{rotated}");
+    let r1 = rotated["refresh_token"].as_str().unwrap().to_owned();
+    let access = rotated["access_token"].as_str().unwrap().to_owned();
+    for n in &nodes {
+        let st = c
+            .get(format!("{n}/v1/me"))
+            .bearer_auth(&access)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(st, 200);
+    }
+    let (st, reused) = token(
+        nodes[2].clone(),
+        vec![
+            ("grant_type", "refresh_token".into()),
+            ("refresh_token", r0),
+        ],
+    )
+    .await;
+    assert_eq!(st, 400);
+    assert_eq!(reused["error"], "invalid_grant");
+    let (st, _) = token(
+        nodes[0].clone(),
+        vec![
+            ("grant_type", "refresh_token".into()),
+            ("refresh_token", r1),
+        ],
+    )
+    .await;
+    assert_eq!(st, 400, "the newest refresh token died with its family");
+    for n in &nodes {
+        let st = c
+            .get(format!("{n}/v1/me"))
+            .bearer_auth(&access)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(st, 401, "the family's access token is denied on {n}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiry_holds_on_every_node_at_once() {
+    let redis = RedisServer::start().await;
+    let fleet = Fleet::start(
+        &redis.url(),
+        3,
+        &["--absolute-timeout", "2s", "--session-cache", "replicated"],
+    )
+    .await;
+    let a = register_and_login(&fleet.lb(), "eve", PW).await;
+    // The session was made before this instant, so it ends at most 2 s after it.
+    let made = tokio::time::Instant::now();
+    assert_eq!(fleet.me_everywhere(&a).await, vec![200, 200, 200]);
+    // Expiry is the passing of time itself: wait for it.
+    tokio::time::sleep_until(made + Duration::from_millis(2_100)).await;
+    assert_eq!(fleet.me_everywhere(&a).await, vec![401, 401, 401]);
+}
+
+/// Requests through the balancer until stopped: `GET /v1/me` with each cookie in turn, and a
+/// login now and then. Counts what did not succeed.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+    failures: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Traffic {
+    fn start(lb: String, user: &'static str, cookies: Vec<String>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let (s, n, f) = (stop.clone(), sent.clone(), failures.clone());
+        let task = tokio::spawn(async move {
+            let c = client();
+            let mut i = 0usize;
+            while !s.load(Ordering::Relaxed) {
+                i += 1;
+                let (what, res) = if i % 10 == 0 {
+                    let res = c
+                        .post(format!("{lb}/v1/sessions"))
+                        .json(&json!({"username": user, "password": PW}))
+                        .send()
+                        .await;
+                    ("login", res.map(|r| (r.status().as_u16(), 201)))
+                } else {
+                    let cookie = &cookies[i % cookies.len()];
+                    let res = c
+                        .get(format!("{lb}/v1/me"))
+                        .header("cookie", cookie)
+                        .send()
+                        .await;
+                    ("me", res.map(|r| (r.status().as_u16(), 200)))
+                };
+                n.fetch_add(1, Ordering::Relaxed);
+                match res {
+                    Ok((got, want)) if got == want => {}
+                    Ok((got, _)) => f.lock().unwrap().push(format!("{what}: {got}")),
+                    Err(e) => f.lock().unwrap().push(format!("{what}: {e}")),
+                }
+            }
+        });
+        Self {
+            stop,
+            sent,
+            failures,
+            task,
+        }
+    }
+
+    /// Wait until `n` more requests have been answered.
+    async fn answered(&self, n: usize) {
+        let target = self.sent.load(Ordering::Relaxed) + n;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while self.sent.load(Ordering::Relaxed) < target {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the traffic stalled"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    async fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap();
+        let failures = self.failures.lock().unwrap().clone();
+        (self.sent.load(Ordering::Relaxed), failures)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_logs_nobody_out_and_fails_no_request() {
+    let redis = RedisServer::start().await;
+    // Replicated caches: each restarted node loads every session before it listens.
+    let mut fleet = Fleet::start(&redis.url(), 3, &["--session-cache", "replicated"]).await;
+    let lb = fleet.lb();
+    let first = register_and_login(&lb, "rolf", PW).await;
+    let mut cookies = vec![first];
+    for _ in 0..4 {
+        cookies.push(login(&lb, "rolf", PW).await);
+    }
+    let traffic = Traffic::start(lb.clone(), "rolf", cookies.clone());
+    for i in 0..fleet.ports.len() {
+        traffic.answered(50).await;
+        let node = fleet.nodes[i].take().unwrap();
+        node.terminate().await;
+        // Traffic while the node is down: the balancer sends it elsewhere.
+        traffic.answered(50).await;
+        let again = fleet.spawn(i).await;
+        fleet.nodes[i] = Some(again);
+    }
+    traffic.answered(50).await;
+    let (sent, failures) = traffic.finish().await;
+    assert!(
+        sent >= 350,
+        "only {sent} requests went through during the restarts"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} failed: {failures:?}",
+        failures.len()
+    );
+    for cookie in &cookies {
+        assert_eq!(fleet.me_everywhere(cookie).await, vec![200, 200, 200]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_loses_no_session() {
+    let redis = RedisServer::start().await;
+    let mut fleet = Fleet::start(&redis.url(), 3, &[]).await;
+    let lb = fleet.lb();
+    let mut cookies = vec![register_and_login(&lb, "kim", PW).await];
+    for _ in 0..5 {
+        cookies.push(login(&lb, "kim", PW).await);
+    }
+    fleet.nodes[1].take().unwrap().stop().await;
+    for cookie in &cookies {
+        assert_eq!(fleet.me_everywhere(cookie).await, vec![200, 200]);
+        for _ in 0..3 {
+            assert_eq!(
+                me(&lb, cookie).await,
+                200,
+                "the balancer routes around the dead node"
+            );
+        }
+    }
+    assert_eq!(me(&lb, &login(&lb, "kim", PW).await).await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_keeps_every_acknowledged_session() {
+    let mut sentinel = RedisSentinel::start().await;
+    let fleet = Fleet::start(&sentinel.url(), 2, &["--store-timeout", "1s"]).await;
+    let lb = fleet.lb();
+    register_and_login(&lb, "fay", PW).await;
+    // Log in without pause while the primary dies and a replica takes over; keep every
+    // cookie a client was given.
+    let stop = Arc::new(AtomicBool::new(false));
+    let given = Arc::new(Mutex::new(Vec::new()));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let logins = {
+        let (lb, stop, given, refused) = (lb.clone(), stop.clone(), given.clone(), refused.clone());
+        tokio::spawn(async move {
+            let c = client();
+            while !stop.load(Ordering::Relaxed) {
+                let res = c
+                    .post(format!("{lb}/v1/sessions"))
+                    .json(&json!({"username": "fay", "password": PW}))
+                    .send()
+                    .await
+                    .unwrap();
+                match res.status().as_u16() {
+                    201 => given
+                        .lock()
+                        .unwrap()
+                        .push(cookie_pair(res.headers(), "keyward").unwrap()),
+                    503 => {
+                        assert!(res.headers().contains_key("retry-after"));
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => panic!("a login during fail-over answered {other}"),
+                }
+            }
+        })
+    };
+    // Let some logins land on the first primary.
+    while given.lock().unwrap().len() < 5 {
+        tokio::task::yield_now().await;
+    }
+    sentinel.fail_over().await;
+    // And some on the promoted replica.
+    let after = given.lock().unwrap().len();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while given.lock().unwrap().len() < after + 5 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no login succeeded after the fail-over"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    logins.await.unwrap();
+    let given = given.lock().unwrap().clone();
+    for cookie in &given {
+        assert_eq!(
+            fleet.me_everywhere(cookie).await,
+            vec![200, 200],
+            "an acknowledged login was lost in the fail-over ({} given, {} refused)",
+            given.len(),
+            refused.load(Ordering::Relaxed)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_answers_503_then_recovers_without_a_restart() {
+    let mut redis = RedisServer::start().await;
+    let fleet = Fleet::start(&redis.url(), 1, &["--store-timeout", "500ms"]).await;
+    let node = fleet.nodes()[0].clone();
+    let c = client();
+    let cookie = register_and_login(&node, "dora", PW).await;
+    assert_eq!(me(&node, &cookie).await, 200);
+
+    redis.kill().await;
+    let res = c
+        .get(format!("{node}/v1/me"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().contains_key("retry-after"));
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    let res = c
+        .post(format!("{node}/v1/sessions"))
+        .json(&json!({"username": "dora", "password": PW}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().contains_key("retry-after"));
+    assert_eq!(
+        c.get(format!("{node}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+    assert_eq!(
+        c.get(format!("{node}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // Redis comes back empty (it keeps nothing on disk): keyward reconnects by itself.
+    redis.restart().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while c
+        .get(format!("{node}/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != 200
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not ready 15 s after Redis came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let again = login(&node, "dora", PW).await;
+    assert_eq!(me(&node, &again).await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_on_rediss_with_users_on_postgres() {
+    let (redis, ca) = RedisServer::start_tls().await;
+    let pg = keyward_testkit::pg::PgServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kek = keyward_token::Kek::generate().unwrap().to_text();
+    let store = format!("rediss://127.0.0.1:{}", redis.port);
+    let args = [
+        "--database",
+        pg.url.as_str(),
+        "--session-store",
+        store.as_str(),
+        "--key-encryption-key",
+        kek.as_str(),
+        "--session-cache",
+        "near",
+    ];
+    // rediss:// verifies the server against the CA bundle SSL_CERT_FILE names (else the
+    // system's).
+    let ca = ca.to_string_lossy().into_owned();
+    let a = Server::start_with_env(dir.path(), &args, &[("SSL_CERT_FILE", ca.as_str())]).await;
+    let b = Server::start_with_env(dir.path(), &args, &[("SSL_CERT_FILE", ca.as_str())]).await;
+    let cookie = register_and_login(&a.base, "tess", PW).await;
+    assert_eq!(me(&b.base, &cookie).await, 200);
+    let res = client()
+        .delete(b.url("/v1/sessions/current"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(me(&a.base, &cookie).await, 401);
+    // Without the CA the server's certificate is refused: the node starts, is not ready, and
+    // answers 503, never a session it could not check.
+    let c = Server::start(dir.path(), &args).await;
+    assert_eq!(
+        client()
+            .get(c.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+    let res = client()
+        .post(c.url("/v1/sessions"))
+        .json(&json!({"username": "tess", "password": PW}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_login_throttle_counts_failures_fleet_wide() {
+    let redis = RedisServer::start().await;
+    let fleet = Fleet::start(&redis.url(), 3, &["--login-max-failures-per-account", "3"]).await;
+    register_and_login(&fleet.lb(), "tom", PW).await;
+    let c = client();
+    let attempt = |node: String, password: &'static str| {
+        let c = c.clone();
+        async move {
+            c.post(format!("{node}/v1/sessions"))
+                .json(&json!({"username": "tom", "password": password}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // One wrong password on each node: three in all.
+    for node in fleet.nodes() {
+        assert_eq!(attempt(node, "wrong-password-123").await.status(), 401);
+    }
+    // Every node now refuses even the right password, as one node would.
+    for node in fleet.nodes() {
+        let res = attempt(node, PW).await;
+        assert_eq!(res.status(), 429);
+        let wait: u64 = res.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(wait > 0 && wait <= 15 * 60, "{wait}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_cluster_starts_a_working_fleet_and_stops_it_all() {
+    use tokio::io::AsyncBufReadExt;
+    // The script puts its nodes on consecutive ports.
+    let node = keyward_testkit::ports::free_consecutive_ports(2);
+    let (lb, redis) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/cluster");
+    let mut child = tokio::process::Command::new("bash")
+        .args([script, "2"])
+        .env("KEYWARD_BIN", crate::process::BIN)
+        .env("LB_PORT", lb.to_string())
+        .env("NODE_PORT", node.to_string())
+        .env("REDIS_PORT", redis.to_string())
+        .env("SESSION_CACHE", "near")
+        .env("DIR", dir.path())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut seen = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("fleet ready") {
+                return Ok(());
+            }
+            seen.push(line);
+        }
+        Err(seen.join("\n"))
+    })
+    .await
+    .expect("the fleet was not ready within 60 s");
+    ready.unwrap_or_else(|log| panic!("scripts/cluster stopped:\n{log}"));
+    let base = format!("http://127.0.0.1:{lb}");
+    let cookie = register_and_login(&base, "cleo", PW).await;
+    for port in [node, node + 1] {
+        assert_eq!(me(&format!("http://127.0.0.1:{port}"), &cookie).await, 200);
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let pid = child.id().unwrap().to_string();
+    tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("scripts/cluster did not stop within 20 s")
+        .unwrap();
+    // Everything it started is gone.
+    for port in [lb, node, node + 1, redis] {
+        assert!(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err(),
+            "port {port} still answers"
+        );
+    }
+}
