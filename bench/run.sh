@@ -6,7 +6,11 @@
 #   KEYWARD_BIN=target/release/keyward bash bench/run.sh   # skip the build, use this binary
 #
 # For each session-store mode (`sqlite`: sessions in the same SQLite file as the users, the
-# default; `memory`: --session-store memory) the script starts its own keyward on 127.0.0.1
+# default; `memory`: --session-store memory; `postgres`: users and sessions in a private
+# PostgreSQL; `redis`: sessions in a private Redis, users in SQLite; `redis-near` and
+# `redis-replicated`: the same with --session-cache near|replicated) the script starts the
+# store it needs (initdb + postgres, redis-server, on free loopback ports, stopped afterwards)
+# and its own keyward on 127.0.0.1
 # (port chosen by the kernel: --bind 127.0.0.1:0) with a fresh database in a temp dir, waits for
 # GET /healthz, registers a user, logs in, and checks GET /v1/sessions/current is 200 with the
 # session cookie and 401 without. Then (1 and 2 each after a WARMUP run with the same settings):
@@ -26,6 +30,7 @@
 # stopped on exit (by PID) and the temp dirs are removed.
 #
 # Overrides: DURATION=10s WARMUP=2s THREADS=1 CONNS=64 LOGIN_CONNS=4 KEYWARD_BIN=path
+#            MODES="sqlite memory postgres redis redis-near redis-replicated"
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -39,18 +44,19 @@ CONNS=${CONNS:-64}
 LOGIN_CONNS=${LOGIN_CONNS:-4}
 BENCH_USER=bench
 BENCH_PASSWORD=bench-password-1
-MODES=(sqlite memory)
+read -r -a MODES <<<"${MODES:-sqlite memory postgres redis redis-near redis-replicated}"
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 # ---------------------------------------------------------------- cleanup
 SERVER_PID=""  # the keyward currently running, if any
+STORE_PID=""   # the private Redis or PostgreSQL of the current mode, if any
 LOGIN_PID=""   # the login-burst wrk, while it runs
 WORK=""        # temp dir of this run
 cleanup() {
   local pid
-  for pid in "$LOGIN_PID" "$SERVER_PID"; do
+  for pid in "$LOGIN_PID" "$SERVER_PID" "$STORE_PID"; do
     if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
       kill "$pid" 2>/dev/null || true
       wait "$pid" 2>/dev/null || true
@@ -66,6 +72,8 @@ trap 'exit 130' INT TERM
 need_apt=()
 command -v wrk >/dev/null || need_apt+=(wrk)
 command -v curl >/dev/null || need_apt+=(curl)
+[[ " ${MODES[*]} " == *" redis"* ]] && { command -v redis-server >/dev/null || need_apt+=(redis-server redis-tools); }
+[[ " ${MODES[*]} " == *" postgres "* ]] && { compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql); }
 if ((${#need_apt[@]})); then
   [[ $(id -u) == 0 ]] || die "missing ${need_apt[*]}; install them (apt-get install ${need_apt[*]})"
   log "installing ${need_apt[*]} with apt-get"
@@ -131,12 +139,69 @@ measure() {
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 ROWS=()
 
+free_port() {
+  local p
+  for _ in $(seq 50); do
+    p=$((20000 + RANDOM % 20000))
+    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+  done
+  die "no free port"
+}
+
+# The private store a mode needs; sets STORE_PID and STORE_URL.
+start_store() {
+  local mode=$1 dir=$WORK/$1 port
+  port=$(free_port)
+  case $mode in
+    redis*)
+      redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" \
+        --logfile "$RAW/$mode.redis.log" --daemonize no &
+      STORE_PID=$!
+      for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+      STORE_URL=redis://127.0.0.1:$port
+      ;;
+    postgres)
+      local bin run=()
+      bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+      # As root, PostgreSQL runs as the postgres user, which must reach its directory.
+      if [[ $(id -u) == 0 ]]; then run=(runuser -u postgres --); chmod 711 "$WORK"; chown postgres "$dir"; fi
+      "${run[@]}" "$bin/initdb" -A trust -U postgres --no-sync -E UTF8 -D "$dir/pg" >"$RAW/$mode.initdb.log" 2>&1 ||
+        die "initdb failed (see $RAW/$mode.initdb.log)"
+      "${run[@]}" "$bin/postgres" -D "$dir/pg" -p "$port" -c listen_addresses=127.0.0.1 \
+        -c "unix_socket_directories=$dir" -c fsync=off -c synchronous_commit=off \
+        >"$RAW/$mode.postgres.log" 2>&1 &
+      STORE_PID=$!
+      for _ in $(seq 100); do grep -q "ready to accept connections" "$RAW/$mode.postgres.log" && break; sleep 0.1; done
+      STORE_URL=postgres://postgres@127.0.0.1:$port/postgres
+      ;;
+  esac
+}
+
+stop_store() {
+  if [[ -n $STORE_PID ]]; then
+    # runuser forwards the signal to postgres.
+    kill "$STORE_PID" 2>/dev/null || true
+    wait "$STORE_PID" 2>/dev/null || true
+    STORE_PID=""
+  fi
+}
+
 start_server() {
-  local mode=$1 dir=$WORK/$1 extra=()
+  local mode=$1 dir=$WORK/$1 extra=() db
   mkdir -p "$dir"
-  [[ $mode == memory ]] && extra=(--session-store memory)
-  log "$mode: starting keyward ($BIN serve --bind 127.0.0.1:0 --database sqlite://$dir/keyward.db ${extra[*]})"
-  "$BIN" serve --bind 127.0.0.1:0 --database "sqlite://$dir/keyward.db" --log-format json "${extra[@]}" \
+  db=sqlite://$dir/keyward.db
+  case $mode in
+    memory) extra=(--session-store memory) ;;
+    postgres) start_store "$mode"; db=$STORE_URL
+      extra=(--key-encryption-key "$(head -c32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')") ;;
+    redis) start_store "$mode"; extra=(--session-store "$STORE_URL") ;;
+    redis-near) start_store "$mode"; extra=(--session-store "$STORE_URL" --session-cache near) ;;
+    redis-replicated) start_store "$mode"; extra=(--session-store "$STORE_URL" --session-cache replicated) ;;
+    sqlite) ;;
+    *) die "unknown mode $mode" ;;
+  esac
+  log "$mode: starting keyward ($BIN serve --bind 127.0.0.1:0 --database $db ${extra[*]})"
+  "$BIN" serve --bind 127.0.0.1:0 --database "$db" --log-format json "${extra[@]}" \
     >"$RAW/$mode.server.log" 2>&1 &
   SERVER_PID=$!
   # The kernel picks the port; keyward logs it in its "keyward listening" line.
@@ -228,6 +293,7 @@ for mode in "${MODES[@]}"; do
   code=$(http_code -H "Cookie: $COOKIE" "$BASE/v1/sessions/current")
   [[ $code == 200 ]] || log "$mode: warning: after the runs the cookie gives $code"
   stop_server
+  stop_store
 done
 
 # ---------------------------------------------------------------- report
@@ -255,7 +321,9 @@ REPORT=$RESULTS/latest.md
   echo "|---|---|---:|---:|---:|---:|---:|"
   printf '%s\n' "${ROWS[@]}"
   echo
-  echo "- sqlite: sessions in the SQLite database (the default); memory: \`--session-store memory\` (users still in SQLite)."
+  echo "- sqlite: sessions in the SQLite database (the default); memory: \`--session-store memory\` (users still in SQLite);"
+  echo "  postgres: users and sessions in a private PostgreSQL (fsync off); redis: sessions in a private Redis (users in SQLite);"
+  echo "  redis-near / redis-replicated: the same with \`--session-cache near\` / \`replicated\`. Every store runs on this machine too."
   echo "- errors = non-2xx responses + socket errors during the measured run."
   echo "- Load average (1/5/15 min) before the runs: $LOAD_START; after: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews the numbers)."
 } >"$REPORT"
