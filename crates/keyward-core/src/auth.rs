@@ -2,13 +2,14 @@
 //! change, over any [`UserStore`] and [`SessionStore`]. No HTTP here.
 
 use crate::clock::SharedClock;
+use crate::device::{DeviceCookie, DeviceKey};
 use crate::ids::{SessionId, UserId, Username, UsernameError, USERNAME_MAX};
 use crate::password::{self, HashError, PasswordHasher, PolicyError, PASSWORD_MAX};
 use crate::secret::{Password, SessionToken, TokenHash};
 use crate::store::{
     DynSessionStore, DynTokenStore, DynUserStore, SessionRecord, StoreError, UserRecord,
 };
-use crate::throttle::{DynFailureLog, LoginThrottle, MemoryFailureLog, Refused, ThrottleConfig};
+use crate::throttle::{DynFailureLog, MemoryFailureLog, Refused, Throttle, ThrottleConfig};
 use std::net::IpAddr;
 use std::sync::Arc;
 use time::{Duration, OffsetDateTime};
@@ -103,13 +104,28 @@ pub enum AuthError {
 /// Result of service calls.
 pub type AuthResult<T> = Result<T, AuthError>;
 
-/// Who is logging in from where.
+/// Who is calling from where, and what they presented.
 #[derive(Debug, Clone, Default)]
 pub struct ClientInfo {
     /// Client address (after trusted-proxy resolution).
     pub ip: Option<IpAddr>,
     /// User-Agent header.
     pub user_agent: Option<String>,
+    /// The device cookie presented, if any: a sign-in that carries a valid one for the account
+    /// is throttled by that device's own failures.
+    pub device: Option<DeviceCookie>,
+    /// The hash of the session token presented, if any: a sign-in ends that session.
+    pub session: Option<TokenHash>,
+}
+
+impl ClientInfo {
+    /// A client known only by its address.
+    pub fn at(ip: Option<IpAddr>) -> Self {
+        Self {
+            ip,
+            ..Self::default()
+        }
+    }
 }
 
 /// A fresh login: the token to hand to the client once, and the stored record.
@@ -119,6 +135,8 @@ pub struct NewSession {
     pub token: SessionToken,
     /// The session as stored.
     pub session: SessionRecord,
+    /// A new device cookie for the client to keep (sign-ins only).
+    pub device: Option<DeviceCookie>,
 }
 
 /// The auth service. Cheap to share behind an `Arc`.
@@ -127,7 +145,9 @@ pub struct AuthService {
     sessions: DynSessionStore,
     tokens: Option<DynTokenStore>,
     hasher: PasswordHasher,
-    throttle: LoginThrottle,
+    throttle: Throttle,
+    /// Signs device cookies; `None` only when the OS random source failed at start.
+    device_key: Option<DeviceKey>,
     clock: SharedClock,
     config: AuthConfig,
 }
@@ -153,7 +173,7 @@ impl AuthService {
         clock: SharedClock,
         config: AuthConfig,
     ) -> Self {
-        let throttle = LoginThrottle::new(
+        let throttle = Throttle::new(
             clock.clone(),
             config.throttle,
             Arc::new(MemoryFailureLog::default()),
@@ -164,15 +184,28 @@ impl AuthService {
             tokens: None,
             hasher,
             throttle,
+            device_key: DeviceKey::random().ok(),
             clock,
             config,
         }
     }
 
-    /// Count failed logins in `log` (shared by a fleet) instead of this process's memory.
+    /// Count failures in `log` (shared by a fleet) instead of this process's memory.
     pub fn with_failure_log(mut self, log: DynFailureLog) -> Self {
-        self.throttle = LoginThrottle::new(self.clock.clone(), self.config.throttle, log);
+        self.throttle = Throttle::new(self.clock.clone(), self.config.throttle, log);
         self
+    }
+
+    /// Sign device cookies with `key` (the same on every node, and across restarts) instead of
+    /// a key of this process's own.
+    pub fn with_device_key(mut self, key: DeviceKey) -> Self {
+        self.device_key = Some(key);
+        self
+    }
+
+    /// The throttles (the token side counts its failures here too).
+    pub fn throttle(&self) -> &Throttle {
+        &self.throttle
     }
 
     /// Also revoke the user's refresh-token families (and so their access tokens) wherever
@@ -212,21 +245,44 @@ impl AuthService {
         &self.sessions
     }
 
-    /// Register a user through the public API (refused when registration is closed).
-    pub async fn register(&self, username: &str, password: &Password) -> AuthResult<UserRecord> {
+    /// Register a user through the public API: refused when registration is closed, and
+    /// throttled per client address. A taken name costs the same work as a free one (the
+    /// password is hashed either way), so the answer's timing tells nothing.
+    pub async fn register(
+        &self,
+        username: &str,
+        password: &Password,
+        ip: Option<IpAddr>,
+    ) -> AuthResult<UserRecord> {
         if !self.config.open_registration {
             return Err(AuthError::RegistrationClosed);
         }
-        self.create_user(username, password).await
+        let name = Username::parse(username)?;
+        password::check_policy(password, &[name.as_str()])?;
+        match self.throttle.register(ip).await {
+            Ok(()) => {}
+            Err(Refused::Throttled(retry_after)) => {
+                tracing::warn!(target: AUDIT, event = "registration_throttled", ip = %show_ip(ip));
+                return Err(AuthError::Throttled { retry_after });
+            }
+            Err(Refused::Store(e)) => return Err(e.into()),
+        }
+        self.insert_user(name, password, ip).await
     }
 
-    /// Create a user (the admin path: works with registration closed).
+    /// Create a user (the admin path: works with registration closed, never throttled).
     pub async fn create_user(&self, username: &str, password: &Password) -> AuthResult<UserRecord> {
         let name = Username::parse(username)?;
         password::check_policy(password, &[name.as_str()])?;
-        if self.users.user_by_name(name.as_str()).await?.is_some() {
-            return Err(AuthError::UsernameTaken);
-        }
+        self.insert_user(name, password, None).await
+    }
+
+    async fn insert_user(
+        &self,
+        name: Username,
+        password: &Password,
+        ip: Option<IpAddr>,
+    ) -> AuthResult<UserRecord> {
         let user = UserRecord {
             id: UserId::new(),
             username: name.as_str().to_owned(),
@@ -239,24 +295,35 @@ impl AuthService {
             Err(StoreError::Conflict(_)) => return Err(AuthError::UsernameTaken),
             Err(e) => return Err(e.into()),
         }
-        tracing::info!(target: AUDIT, event = "user_created", user_id = %user.id, username = %user.username);
+        tracing::info!(target: AUDIT, event = "user_created", user_id = %user.id, username = %user.username, ip = %show_ip(ip));
         Ok(user)
     }
 
     /// Check credentials and open a new session with a brand-new token.
     ///
     /// Unknown user, wrong password and locked account fail alike, after the same Argon2 work.
+    ///
+    /// A session the client presented ends (a sign-in replaces it, never keeps it alive beside
+    /// the new one), and the client gets a new device cookie for the account.
     pub async fn login(
         &self,
         username: &str,
         password: &Password,
         client: &ClientInfo,
     ) -> AuthResult<NewSession> {
-        let user = self
-            .check_credentials(username, password, client.ip)
-            .await?;
-        let session = self.open_session(&user, client).await?;
-        Ok(session)
+        let user = self.check_credentials(username, password, client).await?;
+        let mut new = self.open_session(&user, client).await?;
+        if let Some(presented) = client.session.filter(|h| *h != new.session.token_hash) {
+            if let Some(old) = self.sessions.delete(&presented).await? {
+                metrics::counter!("keyward_sessions_revoked_total", "reason" => "replaced")
+                    .increment(1);
+                tracing::info!(target: AUDIT, event = "session_replaced", user_id = %old.user_id, session_id = %old.id, ip = %show_ip(client.ip));
+            }
+        }
+        if let Some(key) = &self.device_key {
+            new.device = key.issue(&user.username, self.clock.now()).ok();
+        }
+        Ok(new)
     }
 
     /// Verify a username and password, with throttling, equal failures, and the upgrade of a
@@ -265,15 +332,20 @@ impl AuthService {
         &self,
         username: &str,
         password: &Password,
-        ip: Option<IpAddr>,
+        client: &ClientInfo,
     ) -> AuthResult<UserRecord> {
+        let ip = client.ip;
         if username.chars().count() > USERNAME_MAX {
             return Err(AuthError::TooLong("username"));
         }
         if password.expose().chars().count() > PASSWORD_MAX {
             return Err(AuthError::TooLong("password"));
         }
-        let attempt = match self.throttle.begin(username, ip).await {
+        let device = match (&self.device_key, &client.device) {
+            (Some(key), Some(cookie)) => key.verify(username, cookie, self.clock.now()),
+            _ => None,
+        };
+        let attempt = match self.throttle.begin(username, ip, device.as_ref()).await {
             Ok(a) => a,
             Err(Refused::Throttled(retry_after)) => {
                 failure("throttled");
@@ -290,10 +362,11 @@ impl AuthService {
             .hasher
             .verify(password, user.as_ref().map(|u| u.password_hash.as_str()))
             .await?;
+        let by_device = attempt.by_device();
         let Some(mut user) = user.filter(|u| verified.ok && !u.locked) else {
             attempt.failed().await;
             failure("failed");
-            tracing::info!(target: AUDIT, event = "login_failed", username, ip = %show_ip(ip));
+            tracing::info!(target: AUDIT, event = "login_failed", username, ip = %show_ip(ip), known_device = by_device);
             return Err(AuthError::InvalidCredentials);
         };
         if verified.needs_rehash {
@@ -340,7 +413,11 @@ impl AuthService {
         metrics::counter!("keyward_logins_total", "result" => "ok").increment(1);
         metrics::counter!("keyward_sessions_created_total").increment(1);
         tracing::info!(target: AUDIT, event = "login_ok", user_id = %user.id, session_id = %session.id, ip = %show_ip(client.ip));
-        Ok(NewSession { token, session })
+        Ok(NewSession {
+            token,
+            session,
+            device: None,
+        })
     }
 
     /// The live session for a presented token, if any: one store read, plus a write at most
@@ -367,10 +444,10 @@ impl AuthService {
     }
 
     /// End the session behind this token hash (logout).
-    pub async fn logout(&self, token_hash: &TokenHash) -> AuthResult<()> {
+    pub async fn logout(&self, token_hash: &TokenHash, ip: Option<IpAddr>) -> AuthResult<()> {
         if let Some(s) = self.sessions.delete(token_hash).await? {
             metrics::counter!("keyward_sessions_revoked_total", "reason" => "logout").increment(1);
-            tracing::info!(target: AUDIT, event = "logout", user_id = %s.user_id, session_id = %s.id);
+            tracing::info!(target: AUDIT, event = "logout", user_id = %s.user_id, session_id = %s.id, ip = %show_ip(ip));
         }
         Ok(())
     }
@@ -390,20 +467,25 @@ impl AuthService {
     }
 
     /// Revoke one session by public id: only the owner's when `owner` is given.
-    pub async fn revoke_session(&self, id: SessionId, owner: Option<UserId>) -> AuthResult<bool> {
+    pub async fn revoke_session(
+        &self,
+        id: SessionId,
+        owner: Option<UserId>,
+        ip: Option<IpAddr>,
+    ) -> AuthResult<bool> {
         let Some(s) = self.sessions.delete_by_id(id, owner).await? else {
             // The admin path also takes a token family's id (the `sid` of its tokens).
             if let (None, Some(t)) = (owner, &self.tokens) {
                 let revoked = t.revoke_family(id, self.clock.now()).await?;
                 if revoked {
-                    tracing::info!(target: AUDIT, event = "token_family_revoked", sid = %id);
+                    tracing::info!(target: AUDIT, event = "token_family_revoked", sid = %id, ip = %show_ip(ip));
                 }
                 return Ok(revoked);
             }
             return Ok(false);
         };
         metrics::counter!("keyward_sessions_revoked_total", "reason" => "revoked").increment(1);
-        tracing::info!(target: AUDIT, event = "session_revoked", user_id = %s.user_id, session_id = %s.id);
+        tracing::info!(target: AUDIT, event = "session_revoked", user_id = %s.user_id, session_id = %s.id, ip = %show_ip(ip));
         Ok(true)
     }
 
@@ -412,56 +494,64 @@ impl AuthService {
         &self,
         user: UserId,
         keep: Option<SessionId>,
+        ip: Option<IpAddr>,
     ) -> AuthResult<u64> {
         let n = self.sessions.delete_for_user(user, keep).await?;
         // "Everywhere else" includes the apps signed in with tokens.
         self.revoke_token_families(user).await?;
         metrics::counter!("keyward_sessions_revoked_total", "reason" => "revoked").increment(n);
-        tracing::info!(target: AUDIT, event = "sessions_revoked", user_id = %user, count = n, kept = ?keep);
+        tracing::info!(target: AUDIT, event = "sessions_revoked", user_id = %user, count = n, kept = ?keep, ip = %show_ip(ip));
         Ok(n)
     }
 
-    /// Change the password of the session's user: verify the current one, store the new hash,
-    /// revoke every other session, and give this session a new token and id.
+    /// Change a user's password: verify the current one, store the new hash, and revoke every
+    /// session and refresh-token family of the user except `keep`, the session the change
+    /// was made from, which gets a new token and id. A change made with a bearer token keeps
+    /// nothing: the caller signs in again with the new password.
     pub async fn change_password(
         &self,
-        session: &SessionRecord,
+        user_id: UserId,
+        keep: Option<&SessionRecord>,
         current: &Password,
         new: &Password,
         client: &ClientInfo,
-    ) -> AuthResult<NewSession> {
+    ) -> AuthResult<Option<NewSession>> {
         password::check_length(new)?;
         if current.expose().chars().count() > PASSWORD_MAX {
             return Err(AuthError::TooLong("current_password"));
         }
-        password::check_policy(new, &[session.username.as_str()])?;
-        let attempt = match self.throttle.begin(&session.username, client.ip).await {
+        let user = self
+            .users
+            .user_by_id(user_id)
+            .await?
+            .ok_or(AuthError::SessionGone)?;
+        password::check_policy(new, &[user.username.as_str()])?;
+        let attempt = match self.throttle.begin(&user.username, client.ip, None).await {
             Ok(a) => a,
             Err(Refused::Throttled(retry_after)) => {
                 return Err(AuthError::Throttled { retry_after })
             }
             Err(Refused::Store(e)) => return Err(e.into()),
         };
-        let user = self
-            .users
-            .user_by_id(session.user_id)
-            .await?
-            .ok_or(AuthError::SessionGone)?;
         let verified = self
             .hasher
             .verify(current, Some(&user.password_hash))
             .await?;
         if !verified.ok {
             attempt.failed().await;
-            tracing::info!(target: AUDIT, event = "password_change_failed", user_id = %user.id);
+            tracing::info!(target: AUDIT, event = "password_change_failed", user_id = %user.id, ip = %show_ip(client.ip));
             return Err(AuthError::WrongCurrentPassword);
         }
         let phc = self.hasher.hash(new).await?;
         self.users.set_password_hash(user.id, &phc).await?;
         self.sessions
-            .delete_for_user(user.id, Some(session.id))
+            .delete_for_user(user.id, keep.map(|s| s.id))
             .await?;
         self.revoke_token_families(user.id).await?;
+        let Some(session) = keep else {
+            tracing::info!(target: AUDIT, event = "password_changed", user_id = %user.id, ip = %show_ip(client.ip));
+            return Ok(None);
+        };
         let token = SessionToken::generate_in(user.id.shard()).map_err(AuthError::Random)?;
         let now = self.clock.now();
         let renewed = SessionRecord {
@@ -475,11 +565,12 @@ impl AuthService {
         if !self.sessions.replace(&session.token_hash, &renewed).await? {
             return Err(AuthError::SessionGone);
         }
-        tracing::info!(target: AUDIT, event = "password_changed", user_id = %user.id, session_id = %renewed.id);
-        Ok(NewSession {
+        tracing::info!(target: AUDIT, event = "password_changed", user_id = %user.id, session_id = %renewed.id, ip = %show_ip(client.ip));
+        Ok(Some(NewSession {
             token,
             session: renewed,
-        })
+            device: None,
+        }))
     }
 
     /// Find a user by name or fail with [`AuthError::NoSuchUser`].
@@ -540,6 +631,7 @@ fn truncate_user_agent(ua: &str) -> String {
     ua.chars().take(USER_AGENT_MAX).collect()
 }
 
-fn show_ip(ip: Option<IpAddr>) -> String {
+/// A client address for an audit event: `-` when there is none (the admin CLI).
+pub fn show_ip(ip: Option<IpAddr>) -> String {
     ip.map_or_else(|| "-".to_owned(), |i| i.to_string())
 }

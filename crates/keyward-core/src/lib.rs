@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod clock;
+pub mod device;
 pub mod ids;
 pub mod memory;
 pub mod password;
@@ -14,6 +15,7 @@ pub mod throttle;
 
 pub use auth::{AuthConfig, AuthError, AuthResult, AuthService, ClientInfo, NewSession, AUDIT};
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use device::{DeviceCookie, DeviceKey};
 pub use ids::{SessionId, UserId, Username};
 pub use memory::MemorySessionStore;
 pub use password::PasswordHasher;
@@ -23,4 +25,4 @@ pub use store::{
     RotateOutcome, SessionRecord, SessionStore, StoreError, StoreResult, StoredKey, TokenStore,
     UserRecord, UserStore,
 };
-pub use throttle::{DynFailureLog, FailureLog, MemoryFailureLog, ThrottleConfig};
+pub use throttle::{DynFailureLog, FailureLog, MemoryFailureLog, Throttle, ThrottleConfig};

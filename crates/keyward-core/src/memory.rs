@@ -275,6 +275,24 @@ impl TokenStore for MemorySessionStore {
         })
     }
 
+    async fn revoke_by_token(
+        &self,
+        token: &TokenHash,
+        now: OffsetDateTime,
+    ) -> StoreResult<Option<RefreshFamily>> {
+        let mut inner = self.lock();
+        let Some(id) = inner.refresh.get(token).map(|r| r.family) else {
+            return Ok(None);
+        };
+        match inner.families.get_mut(&id) {
+            Some(f) if now < f.record.expires_at => {
+                f.revoked = true;
+                Ok(Some(f.record.clone()))
+            }
+            _ => Ok(None),
+        }
+    }
+
     async fn revoke_user_families(&self, user: UserId, _now: OffsetDateTime) -> StoreResult<u64> {
         let mut inner = self.lock();
         let mut n = 0;

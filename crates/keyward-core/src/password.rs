@@ -30,9 +30,12 @@ pub enum PolicyError {
     /// The same character repeated.
     #[error("password must not be one character repeated")]
     OneCharacter,
-    /// Among the most common passwords.
+    /// A common or breached password, a name, or a common word with a few characters added.
     #[error("password is too common; choose one that is not on lists of common passwords")]
     Common,
+    /// Guessable in few tries by a strength estimate.
+    #[error("password is too easy to guess; use a longer one or a few unrelated words")]
+    Guessable,
 }
 
 /// Whether a password is within the length limits; cheap, and run before anything else.
@@ -47,9 +50,12 @@ pub fn check_length(password: &Password) -> Result<(), PolicyError> {
     }
 }
 
-/// The whole policy for a new password: length, not one repeated character, not very common
-/// (the password, ignoring case, is a single entry among the 10,000 most common passwords of
-/// zxcvbn's frequency lists).
+/// The whole policy for a new password (NIST SP 800-63B §3.1.1.2: a blocklist and a strength
+/// estimate, no composition rules): within the length limits, not one repeated character, not a
+/// common or breached password (zxcvbn's frequency lists, which come from breaches), not the
+/// user's own name or the service's, not a common word dressed up with a few digits or
+/// symbols (`Summer2024!`), and not guessable within a million guesses by zxcvbn's estimate
+/// (a random 8-character password is 10^8).
 pub fn check_policy(password: &Password, user_inputs: &[&str]) -> Result<(), PolicyError> {
     check_length(password)?;
     let raw = password.expose();
@@ -59,30 +65,46 @@ pub fn check_policy(password: &Password, user_inputs: &[&str]) -> Result<(), Pol
             return Err(PolicyError::OneCharacter);
         }
     }
-    if is_common(raw, user_inputs) {
+    let mut inputs: Vec<&str> = user_inputs.to_vec();
+    inputs.push("keyward");
+    let estimate = zxcvbn::zxcvbn(raw, &inputs);
+    if is_listed(&estimate, raw, COMMON_RANK) {
         return Err(PolicyError::Common);
+    }
+    if u8::from(estimate.score()) < MIN_SCORE {
+        return Err(PolicyError::Guessable);
+    }
+    // A dictionary word with digits or symbols around it: zxcvbn prices `2024!` as random
+    // characters, so judge the word alone.
+    let core = raw.trim_matches(|c: char| !c.is_alphabetic());
+    let decoration = raw.chars().count() - core.chars().count();
+    if core.chars().count() >= 3 && (1..=MAX_DECORATION).contains(&decoration) {
+        let word = zxcvbn::zxcvbn(core, &inputs);
+        if is_listed(&word, core, usize::MAX) {
+            return Err(PolicyError::Common);
+        }
     }
     Ok(())
 }
 
 /// Rank limit under which a dictionary password counts as "very common".
 const COMMON_RANK: usize = 10_000;
+/// zxcvbn's score 2: at least 10^6 guesses.
+const MIN_SCORE: u8 = 2;
+/// Characters around a word that still make it "a word with a few digits or symbols".
+const MAX_DECORATION: usize = 6;
 
-fn is_common(raw: &str, user_inputs: &[&str]) -> bool {
-    let entropy = zxcvbn::zxcvbn(raw, user_inputs);
-    let seq = entropy.sequence();
-    // Refused when one dictionary match covers the whole password: a common password as is,
-    // or the user's own name. Longer passwords that merely contain a common word pass.
-    if let [only] = seq {
-        if let zxcvbn::matching::patterns::MatchPattern::Dictionary(d) = &only.pattern {
-            let whole = only.i == 0 && only.j + 1 == raw.chars().count();
-            // zxcvbn does not export its dictionary type; its Debug name is stable.
-            let dictionary = format!("{:?}", d.dictionary_name);
-            let listed = dictionary == "Passwords" || dictionary == "UserInputs";
-            return whole && listed && d.rank <= COMMON_RANK;
-        }
-    }
-    false
+/// Whether one dictionary match (any of zxcvbn's lists or the user inputs, l33t spellings
+/// included) covers the whole of `raw` at a rank within `max_rank`.
+fn is_listed(estimate: &zxcvbn::Entropy, raw: &str, max_rank: usize) -> bool {
+    let [only] = estimate.sequence() else {
+        return false;
+    };
+    let zxcvbn::matching::patterns::MatchPattern::Dictionary(d) = &only.pattern else {
+        return false;
+    };
+    let whole = only.i == 0 && only.j + 1 == raw.chars().count();
+    whole && d.rank <= max_rank
 }
 
 /// Errors of the hashing pool.
@@ -280,7 +302,54 @@ mod tests {
             Ok(())
         );
         // 256 characters is the limit, counted in characters, not bytes.
-        assert_eq!(check_policy(&pw(&"é1".repeat(128)), &[]), Ok(()));
+        let long: String = (0..256)
+            .map(|i: u32| char::from_u32(0xe0 + (i * 7919) % 31).unwrap())
+            .collect();
+        assert_eq!(check_policy(&pw(&long), &[]), Ok(()));
+        assert_eq!(
+            check_policy(&pw(&"é1".repeat(128)), &[]),
+            Err(PolicyError::Guessable)
+        );
+    }
+
+    #[test]
+    fn common_and_guessable_passwords_are_refused_random_ones_accepted() {
+        // The contract's examples, and their like.
+        for weak in [
+            "password1234",
+            "Summer2024",
+            "letmein!",
+            "qwertyuiop",
+            "Summer2024!",
+            "Winter2023!",
+            "Welcome2024!",
+            "P@ssw0rd2024",
+            "Password123!",
+            "iloveyou123",
+            "Dragon2024!",
+            "Admin@123",
+            "keyward2024",
+            "trustno1",
+        ] {
+            assert!(
+                check_policy(&pw(weak), &["alice"]).is_err(),
+                "{weak} accepted"
+            );
+        }
+        assert!(
+            check_policy(&pw("alice2024!"), &["alice"]).is_err(),
+            "the username"
+        );
+        for fine in [
+            "Xq7-vNbz",
+            "Kx9#mP2q",
+            "correct-horse-battery",
+            "correct horse battery staple",
+            "a-long-passphrase",
+            "another-pass-9",
+        ] {
+            assert_eq!(check_policy(&pw(fine), &["alice"]), Ok(()), "{fine}");
+        }
     }
 
     #[tokio::test]

@@ -218,6 +218,16 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Revoke a family (its refresh tokens stop working, its access tokens are denied).
     async fn revoke_family(&self, family: SessionId, now: OffsetDateTime) -> StoreResult<bool>;
 
+    /// Revoke the family of a refresh token, any token of the family (RFC 7009: one already
+    /// rotated away too). Returns the family when the token is known and the family is not
+    /// past its end, whether this call revoked it or it already was; `None` for an unknown
+    /// token.
+    async fn revoke_by_token(
+        &self,
+        token: &TokenHash,
+        now: OffsetDateTime,
+    ) -> StoreResult<Option<RefreshFamily>>;
+
     /// Revoke every family of a user; returns how many.
     async fn revoke_user_families(&self, user: UserId, now: OffsetDateTime) -> StoreResult<u64>;
 
@@ -265,6 +275,13 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn list_keys(&self) -> StoreResult<Vec<StoredKey>>;
     /// Add a key.
     async fn insert_key(&self, key: &StoredKey) -> StoreResult<()>;
+    /// Add `key` unless a key made after `since` exists, atomically: of several nodes whose
+    /// schedule says a new key is due, one adds it. Returns whether this call added it.
+    async fn insert_key_unless_newer(
+        &self,
+        key: &StoredKey,
+        since: OffsetDateTime,
+    ) -> StoreResult<bool>;
     /// Remove a key that no live token can be signed with any more.
     async fn delete_key(&self, kid: &str) -> StoreResult<bool>;
 }

@@ -1,7 +1,10 @@
-//! Login throttling: a sliding window of failures per account and per client address.
+//! Throttling: sliding windows of failures per account, per client address and per known
+//! device (sign-in), and per address for registrations and for failed token requests.
 //!
-//! Checked before the password is verified, so once a key is over its limit even the right
-//! password is refused until the window has passed.
+//! Sign-in is checked before the password is verified, so once a key is over its limit even the
+//! right password is refused until the window has passed. A client that presents a valid device
+//! cookie of the account (OWASP "device cookies") is judged by that device's failures alone, so
+//! guesses sent from elsewhere cannot lock the owner's known devices out.
 
 use crate::clock::SharedClock;
 use crate::store::{StoreError, StoreResult};
@@ -10,6 +13,8 @@ use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::device::DeviceId;
 use time::{Duration, OffsetDateTime};
 
 /// Limits.
@@ -21,6 +26,10 @@ pub struct ThrottleConfig {
     pub per_address: u32,
     /// The window.
     pub window: Duration,
+    /// Registrations allowed per client address within [`REGISTRATION_WINDOW`].
+    pub registrations_per_address: u32,
+    /// Failed token requests allowed per client address within [`TOKEN_FAILURE_WINDOW`].
+    pub token_failures_per_address: u32,
 }
 
 impl Default for ThrottleConfig {
@@ -29,6 +38,8 @@ impl Default for ThrottleConfig {
             per_account: 10,
             per_address: 100,
             window: Duration::minutes(15),
+            registrations_per_address: 20,
+            token_failures_per_address: 100,
         }
     }
 }
@@ -113,47 +124,91 @@ pub enum Refused {
     Store(StoreError),
 }
 
-/// The throttle.
-pub struct LoginThrottle {
+/// One counter: a key of the failure log, its limit and its window.
+#[derive(Debug, Clone)]
+struct Bucket {
+    key: String,
+    limit: usize,
+    window: Duration,
+}
+
+/// Registrations counted per address within this window.
+pub const REGISTRATION_WINDOW: Duration = Duration::hours(1);
+/// Failed token requests counted per address within this window.
+pub const TOKEN_FAILURE_WINDOW: Duration = Duration::minutes(15);
+
+/// The address part of a throttle key: an IPv4 address whole, an IPv6 address by its /64 (the
+/// network one subscriber gets, where every host address is theirs to pick), an IPv4-mapped
+/// IPv6 address as the IPv4 address it is.
+pub fn address_bucket(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                let net = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
+                format!("{net}/64")
+            }
+        },
+    }
+}
+
+/// The throttles of one service: sign-in, registration and token failures.
+pub struct Throttle {
     clock: SharedClock,
     config: ThrottleConfig,
     log: DynFailureLog,
-    /// Attempts that passed the check and are still being verified, in this process: they
-    /// count against the limit too, so a burst of concurrent guesses cannot all slip in before
-    /// the first failure is recorded.
+    /// Sign-in attempts that passed the check and are still being verified, in this process:
+    /// they count against the limit too, so a burst of concurrent guesses cannot all slip in
+    /// before the first failure is recorded.
     in_flight: Mutex<HashMap<String, usize>>,
+    /// Addresses this process found over their token-failure limit, and until when: checked in
+    /// memory before a token request, so valid traffic costs no store read.
+    blocked: Mutex<HashMap<String, OffsetDateTime>>,
 }
 
-/// An attempt admitted by [`LoginThrottle::begin`]. Say how it ended with
+/// A sign-in attempt admitted by [`Throttle::begin`]. Say how it ended with
 /// [`Attempt::failed`] or [`Attempt::succeeded`]; dropping it otherwise (an error, a
 /// cancelled request) just releases its place.
 #[must_use]
 pub struct Attempt<'a> {
-    throttle: &'a LoginThrottle,
-    keys: Vec<String>,
+    throttle: &'a Throttle,
+    buckets: Vec<Bucket>,
 }
 
 impl Attempt<'_> {
-    /// The credentials were wrong: count a failure against the account and the address.
+    /// The credentials were wrong: count a failure in every bucket of the attempt (the
+    /// account and the address, or the known device alone).
     pub async fn failed(self) {
         let t = self.throttle;
         let now = t.clock.now();
-        let since = now - t.config.window;
-        for key in &self.keys {
-            let keep = t.limit(key);
-            if let Err(e) = t.log.record(key, now, since, keep, t.config.window).await {
-                tracing::warn!(error = %e, "a failed login could not be counted");
+        for b in &self.buckets {
+            if let Err(e) = t
+                .log
+                .record(&b.key, now, now - b.window, b.limit, b.window)
+                .await
+            {
+                tracing::warn!(error = %e, "a failed sign-in could not be counted");
             }
         }
     }
 
-    /// The credentials were right: forget the account's failures (the address's stay).
+    /// The credentials were right: forget the failures of the account (or of the known
+    /// device); the address's stay.
     pub async fn succeeded(self) {
-        if let Some(account) = self.keys.first() {
-            if let Err(e) = self.throttle.log.forget(account).await {
-                tracing::warn!(error = %e, "an account's failed logins could not be reset");
+        if let Some(first) = self.buckets.first() {
+            if let Err(e) = self.throttle.log.forget(&first.key).await {
+                tracing::warn!(error = %e, "failed sign-ins could not be reset");
             }
         }
+    }
+
+    /// Whether the attempt is judged as a known device's.
+    pub fn by_device(&self) -> bool {
+        self.buckets
+            .first()
+            .is_some_and(|b| b.key.starts_with("d:"))
     }
 }
 
@@ -164,73 +219,83 @@ impl Drop for Attempt<'_> {
             .in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        for key in &self.keys {
-            if let Some(n) = flying.get_mut(key) {
+        for b in &self.buckets {
+            if let Some(n) = flying.get_mut(&b.key) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
-                    flying.remove(key);
+                    flying.remove(&b.key);
                 }
             }
         }
     }
 }
 
-impl std::fmt::Debug for LoginThrottle {
+impl std::fmt::Debug for Throttle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoginThrottle")
+        f.debug_struct("Throttle")
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
 }
 
-/// The log key of an account: its lower-cased name, hashed (the log never holds usernames).
-fn account_key(account: &str) -> String {
-    let digest = Sha256::digest(account.to_lowercase().as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("a:{hex}")
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-impl LoginThrottle {
-    /// A throttle with these limits, counting in `log`.
+/// The log key of an account: its lower-cased name, hashed (the log never holds usernames).
+fn account_key(account: &str) -> String {
+    format!(
+        "a:{}",
+        hex(&Sha256::digest(account.to_lowercase().as_bytes()))
+    )
+}
+
+impl Throttle {
+    /// Throttles with these limits, counting in `log`.
     pub fn new(clock: SharedClock, config: ThrottleConfig, log: DynFailureLog) -> Self {
         Self {
             clock,
             config,
             log,
             in_flight: Mutex::new(HashMap::new()),
+            blocked: Mutex::new(HashMap::new()),
         }
     }
 
-    fn limit(&self, key: &str) -> usize {
-        if key.starts_with("a:") {
-            self.config.per_account as usize
-        } else {
-            self.config.per_address as usize
+    fn account(&self, account: &str) -> Bucket {
+        Bucket {
+            key: account_key(account),
+            limit: self.config.per_account as usize,
+            window: self.config.window,
         }
     }
 
-    fn keys(account: &str, address: Option<IpAddr>) -> Vec<String> {
-        std::iter::once(account_key(account))
-            .chain(address.map(|a| format!("i:{a}")))
-            .collect()
+    fn address(&self, address: IpAddr) -> Bucket {
+        Bucket {
+            key: format!("i:{}", address_bucket(address)),
+            limit: self.config.per_address as usize,
+            window: self.config.window,
+        }
     }
 
-    /// How long `key` must wait (zero when under its limit), given its `recent` failures and
+    /// A known device is held to the account's limit, counted for it alone.
+    fn device(&self, device: &DeviceId) -> Bucket {
+        Bucket {
+            key: format!("d:{}", hex(&device.0)),
+            limit: self.config.per_account as usize,
+            window: self.config.window,
+        }
+    }
+
+    /// How long `b` must wait (zero when under its limit), given its `recent` failures and
     /// counting `extra` attempts in progress as if they had failed now.
-    fn wait(
-        &self,
-        key: &str,
-        recent: &[OffsetDateTime],
-        extra: usize,
-        now: OffsetDateTime,
-    ) -> Duration {
-        let limit = self.limit(key);
-        if recent.len() >= limit {
+    fn wait(b: &Bucket, recent: &[OffsetDateTime], extra: usize, now: OffsetDateTime) -> Duration {
+        if recent.len() >= b.limit {
             // Free again when enough of the recent failures have left the window.
             recent
-                .get(recent.len() - limit)
-                .map_or(Duration::ZERO, |t| *t + self.config.window - now)
-        } else if recent.len() + extra >= limit {
+                .get(recent.len() - b.limit)
+                .map_or(Duration::ZERO, |t| *t + b.window - now)
+        } else if recent.len() + extra >= b.limit {
             // Only attempts in progress fill the limit: free as soon as one of them ends.
             Duration::seconds(1)
         } else {
@@ -238,45 +303,157 @@ impl LoginThrottle {
         }
     }
 
-    /// Admit an attempt: refused when the account or the address is over its limit, counting
-    /// this process's attempts still in progress.
-    pub async fn begin(
+    async fn recent(
         &self,
-        account: &str,
-        address: Option<IpAddr>,
-    ) -> Result<Attempt<'_>, Refused> {
-        let keys = Self::keys(account, address);
-        let now = self.clock.now();
-        let since = now - self.config.window;
-        let mut recent = Vec::with_capacity(keys.len());
-        for key in &keys {
-            recent.push(
-                self.log
-                    .failures(key, since)
-                    .await
-                    .map_err(Refused::Store)?,
-            );
-        }
+        b: &Bucket,
+        now: OffsetDateTime,
+    ) -> Result<Vec<OffsetDateTime>, Refused> {
+        self.log
+            .failures(&b.key, now - b.window)
+            .await
+            .map_err(Refused::Store)
+    }
+
+    /// Admit an attempt counted in these buckets (zero), or say how long it must wait.
+    fn admit(
+        &self,
+        buckets: &[Bucket],
+        recent: &[Vec<OffsetDateTime>],
+        now: OffsetDateTime,
+    ) -> Duration {
         let mut flying = self
             .in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let wait = keys
+        let wait = buckets
             .iter()
-            .zip(&recent)
-            .map(|(key, r)| self.wait(key, r, flying.get(key).copied().unwrap_or(0), now))
+            .zip(recent)
+            .map(|(b, r)| Self::wait(b, r, flying.get(&b.key).copied().unwrap_or(0), now))
             .max()
             .unwrap_or(Duration::ZERO);
+        if wait == Duration::ZERO {
+            for b in buckets {
+                *flying.entry(b.key.clone()).or_default() += 1;
+            }
+        }
+        wait
+    }
+
+    /// Admit a sign-in attempt. With a valid device cookie of the account (`device`), the
+    /// attempt is judged by that device's failures alone, unless the device is itself over the
+    /// limit; otherwise by the account's and the address's failures, counting this process's
+    /// attempts still in progress.
+    pub async fn begin(
+        &self,
+        account: &str,
+        address: Option<IpAddr>,
+        device: Option<&DeviceId>,
+    ) -> Result<Attempt<'_>, Refused> {
+        let now = self.clock.now();
+        if let Some(device) = device {
+            let b = self.device(device);
+            let recent = self.recent(&b, now).await?;
+            let buckets = vec![b];
+            if self.admit(&buckets, &[recent], now) == Duration::ZERO {
+                return Ok(Attempt {
+                    throttle: self,
+                    buckets,
+                });
+            }
+            // A known device over its own limit is judged as an unknown one.
+        }
+        let buckets: Vec<Bucket> = std::iter::once(self.account(account))
+            .chain(address.map(|a| self.address(a)))
+            .collect();
+        let mut recent = Vec::with_capacity(buckets.len());
+        for b in &buckets {
+            recent.push(self.recent(b, now).await?);
+        }
+        let wait = self.admit(&buckets, &recent, now);
         if wait > Duration::ZERO {
             return Err(Refused::Throttled(wait));
         }
-        for key in &keys {
-            *flying.entry(key.clone()).or_default() += 1;
-        }
         Ok(Attempt {
             throttle: self,
-            keys,
+            buckets,
         })
+    }
+
+    /// Count a registration attempt from `address`, refusing it when the address has made
+    /// as many within the hour.
+    pub async fn register(&self, address: Option<IpAddr>) -> Result<(), Refused> {
+        let Some(address) = address else {
+            return Ok(());
+        };
+        let b = Bucket {
+            key: format!("r:{}", address_bucket(address)),
+            limit: self.config.registrations_per_address as usize,
+            window: REGISTRATION_WINDOW,
+        };
+        let now = self.clock.now();
+        let recent = self.recent(&b, now).await?;
+        let wait = Self::wait(&b, &recent, 0, now);
+        if wait > Duration::ZERO {
+            return Err(Refused::Throttled(wait));
+        }
+        self.log
+            .record(&b.key, now, now - b.window, b.limit, b.window)
+            .await
+            .map_err(Refused::Store)
+    }
+
+    fn token_bucket(&self, address: IpAddr) -> Bucket {
+        Bucket {
+            key: format!("t:{}", address_bucket(address)),
+            limit: self.config.token_failures_per_address as usize,
+            window: TOKEN_FAILURE_WINDOW,
+        }
+    }
+
+    /// Whether a token request from `address` may go ahead: refused while the address is
+    /// over its limit of failed token requests. Answered from memory.
+    pub fn token_request(&self, address: Option<IpAddr>) -> Result<(), Refused> {
+        let Some(address) = address else {
+            return Ok(());
+        };
+        let key = self.token_bucket(address).key;
+        let now = self.clock.now();
+        let blocked = self.blocked.lock().unwrap_or_else(PoisonError::into_inner);
+        match blocked.get(&key) {
+            Some(until) if *until > now => Err(Refused::Throttled(*until - now)),
+            _ => Ok(()),
+        }
+    }
+
+    /// A token request from `address` failed (an invalid refresh token, the revocation of an
+    /// unknown token, a wrong introspection credential): count it in the shared log, and once
+    /// the address has reached its limit refuse its token requests until the window frees.
+    pub async fn token_failed(&self, address: Option<IpAddr>) {
+        let Some(address) = address else {
+            return;
+        };
+        let b = self.token_bucket(address);
+        let now = self.clock.now();
+        let since = now - b.window;
+        let counted = match self.log.record(&b.key, now, since, b.limit, b.window).await {
+            Ok(()) => self.log.failures(&b.key, since).await,
+            Err(e) => Err(e),
+        };
+        let recent = match counted {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "a failed token request could not be counted");
+                return;
+            }
+        };
+        let wait = Self::wait(&b, &recent, 0, now);
+        if wait > Duration::ZERO {
+            let mut blocked = self.blocked.lock().unwrap_or_else(PoisonError::into_inner);
+            if blocked.len() > SWEEP_ABOVE {
+                blocked.retain(|_, until| *until > now);
+            }
+            blocked.insert(b.key, now + wait);
+        }
     }
 }
 
@@ -285,13 +462,15 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
 
-    fn throttle(clock: Arc<ManualClock>, per_account: u32, per_address: u32) -> LoginThrottle {
-        LoginThrottle::new(
+    fn throttle(clock: Arc<ManualClock>, per_account: u32, per_address: u32) -> Throttle {
+        Throttle::new(
             clock,
             ThrottleConfig {
                 per_account,
                 per_address,
                 window: Duration::minutes(15),
+                registrations_per_address: 3,
+                token_failures_per_address: 2,
             },
             Arc::new(MemoryFailureLog::default()),
         )
@@ -310,36 +489,42 @@ mod tests {
         let clock = Arc::new(ManualClock::starting_now());
         let t = throttle(clock.clone(), 3, 100);
         for _ in 0..3 {
-            t.begin("Alice", None).await.unwrap().failed().await;
+            t.begin("Alice", None, None).await.unwrap().failed().await;
         }
-        assert_eq!(wait_of(t.begin("alice", None).await), Duration::minutes(15));
-        assert!(t.begin("bob", None).await.is_ok());
+        assert_eq!(
+            wait_of(t.begin("alice", None, None).await),
+            Duration::minutes(15)
+        );
+        assert!(t.begin("bob", None, None).await.is_ok());
         clock.advance(Duration::minutes(10));
-        assert_eq!(wait_of(t.begin("alice", None).await), Duration::minutes(5));
+        assert_eq!(
+            wait_of(t.begin("alice", None, None).await),
+            Duration::minutes(5)
+        );
         clock.advance(Duration::minutes(5));
-        assert!(t.begin("alice", None).await.is_ok());
+        assert!(t.begin("alice", None, None).await.is_ok());
     }
 
     #[tokio::test]
     async fn attempts_in_progress_count_against_the_limit() {
         let clock = Arc::new(ManualClock::starting_now());
         let t = throttle(clock, 2, 100);
-        let a = t.begin("eve", None).await.unwrap();
-        let b = t.begin("eve", None).await.unwrap();
+        let a = t.begin("eve", None, None).await.unwrap();
+        let b = t.begin("eve", None, None).await.unwrap();
         assert!(
-            t.begin("eve", None).await.is_err(),
+            t.begin("eve", None, None).await.is_err(),
             "a third concurrent guess is refused"
         );
         drop(a);
-        let c = t.begin("eve", None).await.unwrap();
+        let c = t.begin("eve", None, None).await.unwrap();
         b.failed().await;
         c.failed().await;
         assert!(
-            t.begin("eve", None).await.is_err(),
+            t.begin("eve", None, None).await.is_err(),
             "two failures: over the limit"
         );
-        t.begin("bob", None).await.unwrap().succeeded().await;
-        assert!(t.begin("bob", None).await.is_ok());
+        t.begin("bob", None, None).await.unwrap().succeeded().await;
+        assert!(t.begin("bob", None, None).await.is_ok());
     }
 
     #[tokio::test]
@@ -347,11 +532,11 @@ mod tests {
         let clock = Arc::new(ManualClock::starting_now());
         let t = throttle(clock, 100, 2);
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        t.begin("a", Some(ip)).await.unwrap().failed().await;
-        t.begin("b", Some(ip)).await.unwrap().failed().await;
-        assert!(t.begin("c", Some(ip)).await.is_err());
+        t.begin("a", Some(ip), None).await.unwrap().failed().await;
+        t.begin("b", Some(ip), None).await.unwrap().failed().await;
+        assert!(t.begin("c", Some(ip), None).await.is_err());
         assert!(t
-            .begin("c", Some("192.0.2.2".parse().unwrap()))
+            .begin("c", Some("192.0.2.2".parse().unwrap()), None)
             .await
             .is_ok());
     }
@@ -359,14 +544,108 @@ mod tests {
     #[tokio::test]
     async fn the_log_never_holds_a_username() {
         let log = Arc::new(MemoryFailureLog::default());
-        let t = LoginThrottle::new(
+        let t = Throttle::new(
             Arc::new(ManualClock::starting_now()),
             ThrottleConfig::default(),
             log.clone(),
         );
-        t.begin("Mallory", None).await.unwrap().failed().await;
+        t.begin("Mallory", None, None).await.unwrap().failed().await;
         let keys: Vec<String> = log.map.lock().unwrap().keys().cloned().collect();
         assert_eq!(keys, vec![account_key("mallory")]);
         assert!(!keys[0].contains("allory"));
+    }
+
+    #[test]
+    fn ipv6_addresses_share_their_64_and_mapped_v4_is_v4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(address_bucket(a), "2001:db8:1:2::/64");
+        assert_eq!(address_bucket(a), address_bucket(b));
+        assert_ne!(address_bucket(a), address_bucket(c));
+        assert_eq!(
+            address_bucket("::ffff:192.0.2.1".parse().unwrap()),
+            "192.0.2.1"
+        );
+        assert_eq!(address_bucket("192.0.2.1".parse().unwrap()), "192.0.2.1");
+    }
+
+    #[tokio::test]
+    async fn one_v6_network_is_one_address() {
+        let clock = Arc::new(ManualClock::starting_now());
+        let t = throttle(clock, 100, 2);
+        for host in ["2001:db8::1", "2001:db8::2"] {
+            let ip: IpAddr = host.parse().unwrap();
+            t.begin("x", Some(ip), None).await.unwrap().failed().await;
+        }
+        let third: IpAddr = "2001:db8::ffff".parse().unwrap();
+        assert!(t.begin("y", Some(third), None).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_known_device_is_judged_by_its_own_failures() {
+        let clock = Arc::new(ManualClock::starting_now());
+        let t = throttle(clock, 3, 100);
+        let (mine, stolen) = (DeviceId([1; 32]), DeviceId([2; 32]));
+        // Someone else locks the account out for unknown clients.
+        for _ in 0..3 {
+            t.begin("alice", None, None).await.unwrap().failed().await;
+        }
+        assert!(t.begin("alice", None, None).await.is_err());
+        // The owner's device still gets in, and its attempt is the device's.
+        let a = t.begin("alice", None, Some(&mine)).await.unwrap();
+        assert!(a.by_device());
+        drop(a);
+        // A device's own failures lock that device out, and it is then judged as unknown.
+        for _ in 0..3 {
+            let a = t.begin("alice", None, Some(&stolen)).await.unwrap();
+            assert!(a.by_device());
+            a.failed().await;
+        }
+        assert!(t.begin("alice", None, Some(&stolen)).await.is_err());
+        assert!(t.begin("alice", None, Some(&mine)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn registrations_per_address_per_hour() {
+        let clock = Arc::new(ManualClock::starting_now());
+        let t = throttle(clock.clone(), 10, 100);
+        let ip: IpAddr = "192.0.2.5".parse().unwrap();
+        for _ in 0..3 {
+            t.register(Some(ip)).await.unwrap();
+        }
+        assert_eq!(wait_of_unit(t.register(Some(ip)).await), Duration::hours(1));
+        t.register(Some("192.0.2.6".parse().unwrap()))
+            .await
+            .unwrap();
+        t.register(None).await.unwrap();
+        clock.advance(Duration::hours(1));
+        t.register(Some(ip)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn token_failures_block_the_address_in_memory() {
+        let clock = Arc::new(ManualClock::starting_now());
+        let t = throttle(clock.clone(), 10, 100);
+        let ip: IpAddr = "192.0.2.8".parse().unwrap();
+        t.token_request(Some(ip)).unwrap();
+        t.token_failed(Some(ip)).await;
+        t.token_request(Some(ip)).unwrap();
+        t.token_failed(Some(ip)).await;
+        assert_eq!(
+            wait_of_unit(t.token_request(Some(ip))),
+            Duration::minutes(15)
+        );
+        t.token_request(Some("192.0.2.9".parse().unwrap())).unwrap();
+        clock.advance(Duration::minutes(15));
+        t.token_request(Some(ip)).unwrap();
+    }
+
+    fn wait_of_unit(r: Result<(), Refused>) -> Duration {
+        match r {
+            Err(Refused::Throttled(d)) => d,
+            Err(Refused::Store(e)) => panic!("{e}"),
+            Ok(()) => Duration::ZERO,
+        }
     }
 }

@@ -1,4 +1,6 @@
-//! The one place where errors become HTTP: RFC 9457 problem+json for every failure.
+//! The one place where errors become HTTP. Every failure is an [`ApiError`]; it is rendered as
+//! RFC 9457 problem+json, or, on the OAuth endpoints, wrapped in [`OAuth`] and rendered in the
+//! RFC 6749 shape `{"error","error_description"}`. Status codes are decided here alone.
 //!
 //! Building a response has no side effects beyond one log line for server-side failures;
 //! details of internal errors never reach the client.
@@ -6,16 +8,21 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use keyward_core::{AuthError, StoreError};
+use keyward_token::TokenError;
 use serde::Serialize;
 use time::Duration;
 
 /// `WWW-Authenticate` value for requests without valid credentials.
 pub const WWW_AUTHENTICATE: &str = "Bearer realm=\"keyward\"";
 
+/// A cause kept for the log, never shown to a client.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 /// An error answered to a client.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ApiError {
-    /// Malformed request (400).
+    /// Malformed request (400; OAuth `invalid_request`).
     #[error("{0}")]
     BadRequest(String),
     /// No valid credentials (401 with `WWW-Authenticate`).
@@ -45,7 +52,7 @@ pub enum ApiError {
     /// Unsupported content type (415).
     #[error("{0}")]
     UnsupportedMediaType(String),
-    /// Well-formed but invalid input (422).
+    /// Well-formed but invalid input (422; OAuth `invalid_request`, 400).
     #[error("{0}")]
     Unprocessable(String),
     /// Throttled (429 with `Retry-After`).
@@ -54,12 +61,22 @@ pub enum ApiError {
         /// When to retry.
         retry_after: Duration,
     },
+    /// OAuth `invalid_grant` (400): bad credentials, or an unknown, used, revoked or expired
+    /// refresh token.
+    #[error("{0}")]
+    InvalidGrant(String),
+    /// OAuth `unsupported_grant_type` (400).
+    #[error("{0}")]
+    UnsupportedGrantType(String),
+    /// OAuth `invalid_client` (401): the caller's own credential is wrong.
+    #[error("{0}")]
+    InvalidClient(String),
     /// A store is unavailable (503 with `Retry-After`).
     #[error("a store is unavailable")]
     Unavailable,
     /// Anything else (500); the cause is logged, never sent.
     #[error("internal error")]
-    Internal(String),
+    Internal(#[source] Cause),
 }
 
 #[derive(Serialize)]
@@ -72,13 +89,21 @@ struct Problem<'a> {
 }
 
 impl ApiError {
+    /// An internal error with this cause.
+    pub fn internal(cause: impl Into<Cause>) -> Self {
+        Self::Internal(cause.into())
+    }
+
     /// The status code.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::Unauthorized | Self::InvalidCredentials | Self::InvalidToken => {
-                StatusCode::UNAUTHORIZED
+            Self::BadRequest(_) | Self::InvalidGrant(_) | Self::UnsupportedGrantType(_) => {
+                StatusCode::BAD_REQUEST
             }
+            Self::Unauthorized
+            | Self::InvalidCredentials
+            | Self::InvalidToken
+            | Self::InvalidClient(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -98,7 +123,7 @@ impl ApiError {
             Self::Unauthorized => "a valid session cookie or bearer token is required".into(),
             Self::TooManyRequests { retry_after } => {
                 format!(
-                    "too many failed attempts; retry in {} seconds",
+                    "too many attempts; retry in {} seconds",
                     retry_seconds(*retry_after)
                 )
             }
@@ -107,40 +132,32 @@ impl ApiError {
             other => other.to_string(),
         }
     }
-}
 
-/// Whole seconds to wait, rounded up, at least one.
-pub fn retry_seconds(d: Duration) -> i64 {
-    let ms = d.whole_milliseconds();
-    i64::try_from((ms + 999) / 1000).unwrap_or(i64::MAX).max(1)
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = self.status();
-        if let Self::Internal(cause) = &self {
-            tracing::error!(cause = %cause, "request failed");
+    /// The RFC 6749 `error` code and the status of the OAuth rendering.
+    fn oauth(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::InvalidGrant(_) => (StatusCode::BAD_REQUEST, "invalid_grant"),
+            Self::UnsupportedGrantType(_) => (StatusCode::BAD_REQUEST, "unsupported_grant_type"),
+            Self::InvalidClient(_) => (StatusCode::UNAUTHORIZED, "invalid_client"),
+            Self::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "slow_down"),
+            Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
+            Self::Unprocessable(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            other => (other.status(), "invalid_request"),
         }
-        let problem = Problem {
-            kind: "about:blank",
-            title: status.canonical_reason().unwrap_or("Error"),
-            status: status.as_u16(),
-            detail: self.detail(),
-        };
-        let body = serde_json::to_vec(&problem).unwrap_or_default();
-        let mut res = (status, body).into_response();
+    }
+
+    /// Log what the client will not be told.
+    fn log(&self) {
+        if let Self::Internal(cause) = self {
+            tracing::error!(cause = %chain(cause.as_ref()), "request failed");
+        }
+    }
+
+    /// The headers that go with the status: `WWW-Authenticate`, `Retry-After`.
+    fn headers(&self, status: StatusCode, res: &mut Response) {
         let h = res.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        match &self {
-            Self::Unauthorized | Self::InvalidCredentials => {
-                h.insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static(WWW_AUTHENTICATE),
-                );
-            }
+        match self {
             Self::InvalidToken => {
                 h.insert(
                     header::WWW_AUTHENTICATE,
@@ -158,8 +175,83 @@ impl IntoResponse for ApiError {
             Self::Unavailable => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
+            _ if status == StatusCode::UNAUTHORIZED => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(WWW_AUTHENTICATE),
+                );
+            }
             _ => {}
         }
+    }
+}
+
+/// An error and its causes on one line, for logs.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Whole seconds to wait, rounded up, at least one.
+pub fn retry_seconds(d: Duration) -> i64 {
+    let ms = d.whole_milliseconds();
+    i64::try_from((ms + 999) / 1000).unwrap_or(i64::MAX).max(1)
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.log();
+        let status = self.status();
+        let problem = Problem {
+            kind: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail: self.detail(),
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut res = (status, body).into_response();
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        self.headers(status, &mut res);
+        res
+    }
+}
+
+/// An [`ApiError`] answered in the RFC 6749 shape, as the OAuth endpoints do.
+#[derive(Debug)]
+pub struct OAuth(pub ApiError);
+
+impl<E: Into<ApiError>> From<E> for OAuth {
+    fn from(e: E) -> Self {
+        Self(e.into())
+    }
+}
+
+#[derive(Serialize)]
+struct OAuthBody<'a> {
+    error: &'a str,
+    error_description: String,
+}
+
+impl IntoResponse for OAuth {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        e.log();
+        let (status, error) = e.oauth();
+        let body = OAuthBody {
+            error,
+            error_description: e.detail(),
+        };
+        let mut res = (status, axum::Json(body)).into_response();
+        e.headers(status, &mut res);
         res
     }
 }
@@ -168,13 +260,11 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(cause) => {
-                tracing::warn!(cause = %cause, "store unavailable");
+                tracing::warn!(cause = %chain(cause.as_ref()), "store unavailable");
                 Self::Unavailable
             }
             StoreError::Conflict(what) => Self::Conflict(format!("conflict: {what}")),
-            StoreError::Corrupt(what) => {
-                Self::Internal(format!("store holds invalid data: {what}"))
-            }
+            corrupt @ StoreError::Corrupt(_) => Self::internal(corrupt),
         }
     }
 }
@@ -195,8 +285,28 @@ impl From<AuthError> for ApiError {
             AuthError::NoSuchUser => Self::NotFound,
             AuthError::SessionGone => Self::Unauthorized,
             AuthError::Store(e) => e.into(),
-            AuthError::Hash(e) => Self::Internal(e.to_string()),
-            AuthError::Random(e) => Self::Internal(e.to_string()),
+            other @ (AuthError::Hash(_) | AuthError::Random(_)) => Self::internal(other),
+        }
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::InvalidGrant => Self::InvalidGrant(
+                "the credentials or the refresh token are invalid, expired or revoked".into(),
+            ),
+            TokenError::Throttled { retry_after } => Self::TooManyRequests { retry_after },
+            TokenError::TooLong(field) => Self::Unprocessable(format!("{field} is too long")),
+            TokenError::PasswordGrantDisabled => Self::UnsupportedGrantType(
+                "grant_type password is turned off on this server".into(),
+            ),
+            TokenError::InvalidClient => Self::InvalidClient(
+                "introspection needs Authorization: Bearer <introspection token>".into(),
+            ),
+            TokenError::Store(s) => s.into(),
+            TokenError::Auth(a) => a.into(),
+            other => Self::internal(other),
         }
     }
 }

@@ -44,8 +44,31 @@ pub(crate) fn keyward_from(parts: &Parts) -> Result<Keyward, ApiError> {
         .extensions
         .get::<Keyward>()
         .cloned()
-        .ok_or_else(|| ApiError::Internal("keyward layer is not installed".into()))
+        .ok_or_else(|| ApiError::internal("the keyward layer is not installed"))
 }
+
+/// The device cookie the request carries, if it has the shape of one. Sent twice, it is
+/// ignored: it only ever spares a known device from the account's lockout.
+pub fn device_cookie(headers: &HeaderMap) -> Option<keyward_core::DeviceCookie> {
+    match session_cookie(headers, DEVICE_COOKIE_NAME) {
+        CookieToken::Present(raw) => keyward_core::DeviceCookie::parse(&raw),
+        CookieToken::Absent | CookieToken::Duplicated => None,
+    }
+}
+
+/// The hash of the session token the request carries, whether or not it is a live session.
+pub fn presented_session(
+    headers: &HeaderMap,
+    cookie_name: &str,
+) -> Option<keyward_core::TokenHash> {
+    match session_cookie(headers, cookie_name) {
+        CookieToken::Present(raw) => SessionToken::parse(&raw).map(|t| t.hash()),
+        CookieToken::Absent | CookieToken::Duplicated => None,
+    }
+}
+
+/// The device cookie's name.
+pub const DEVICE_COOKIE_NAME: &str = "keyward_device";
 
 /// The validated session of the request's cookie, with the token it was found by.
 /// Rejects with 401 (no or invalid cookie), 400 (cookie sent twice) or 503 (store down).
@@ -115,6 +138,14 @@ impl Principal {
         match self {
             Self::Session(s) => s.session.user_id.to_string(),
             Self::Bearer(c) => c.sub.clone(),
+        }
+    }
+
+    /// The user's id, typed; `None` only for a bearer token whose `sub` is not one of ours.
+    pub fn user(&self) -> Option<keyward_core::UserId> {
+        match self {
+            Self::Session(s) => Some(s.session.user_id),
+            Self::Bearer(c) => keyward_core::UserId::parse(&c.sub),
         }
     }
 
@@ -223,8 +254,25 @@ pub(crate) async fn read_body(req: Request) -> Result<axum::body::Bytes, ApiErro
         })
 }
 
-/// Decode JSON, describing errors without echoing the values sent (they may be secrets).
+/// Decode a JSON object, describing errors without echoing the values sent (they may be
+/// secrets). Anything but an object (an array, a string, a number, null) is refused before
+/// decoding: serde would otherwise read a struct positionally from an array.
 pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let first = bytes
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Ok(_) => ApiError::Unprocessable("the body must be a JSON object".into()),
+                Err(e) => ApiError::BadRequest(format!(
+                    "the body is not valid JSON (line {}, column {})",
+                    e.line(),
+                    e.column()
+                )),
+            },
+        );
+    }
     serde_json::from_slice(bytes).map_err(|e| {
         let at = format!("line {}, column {}", e.line(), e.column());
         match e.classify() {
@@ -344,5 +392,38 @@ mod tests {
         assert!(
             matches!(decode_json::<P>(b"{}"), Err(ApiError::Unprocessable(d)) if d.contains("missing field `password`"))
         );
+    }
+
+    #[test]
+    fn only_objects_are_json_bodies() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct P {
+            a: String,
+            b: String,
+        }
+        for body in [
+            &br#"["x","y"]"#[..],
+            b" \n[\"x\",\"y\"]",
+            b"\"x\"",
+            b"42",
+            b"null",
+            b"true",
+        ] {
+            assert!(
+                matches!(decode_json::<P>(body), Err(ApiError::Unprocessable(d)) if d == "the body must be a JSON object"),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert!(matches!(
+            decode_json::<P>(b"[1,"),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            decode_json::<P>(b""),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(decode_json::<P>(br#" {"a":"x","b":"y"}"#).is_ok());
     }
 }

@@ -76,7 +76,11 @@ pub(crate) async fn edge(State(kw): State<Keyward>, req: Request, next: Next) ->
     let timing = crate::metrics::start(&req);
     let mut res = match cross_site_refusal(&kw, req.method(), req.uri().path(), req.headers()) {
         Some(why) => {
-            tracing::info!(target: keyward_core::AUDIT, event = "cross_site_refused", method = %req.method(), path = %req.uri().path());
+            let peer = req
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| kw.resolve_client(c.0.ip(), req.headers()));
+            tracing::info!(target: keyward_core::AUDIT, event = "cross_site_refused", method = %req.method(), path = %req.uri().path(), ip = %keyward_core::auth::show_ip(peer));
             ApiError::Forbidden(why).into_response()
         }
         None => next.run(req).await,

@@ -37,8 +37,6 @@ pub struct HttpConfig {
     pub allowed_origins: Vec<Url>,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
-    /// The bearer secret that protects token introspection (`None`: introspection refused).
-    pub introspection_token: Option<String>,
 }
 
 impl HttpConfig {
@@ -48,7 +46,6 @@ impl HttpConfig {
             public_url,
             allowed_origins: Vec::new(),
             trusted_proxies: Vec::new(),
-            introspection_token: None,
         }
     }
 }
@@ -59,6 +56,18 @@ struct Inner {
     config: HttpConfig,
     origins: Vec<String>,
     cookie_name: &'static str,
+}
+
+/// The address of one `X-Forwarded-For` entry: `1.2.3.4`, `2001:db8::1`, and, as some
+/// proxies write them, with a port (`1.2.3.4:5678`, `[2001:db8::1]:80`) or in brackets.
+fn forwarded_address(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(sock) = hop.parse::<std::net::SocketAddr>() {
+        return Some(sock.ip());
+    }
+    hop.strip_prefix('[')?.strip_suffix(']')?.parse().ok()
 }
 
 /// keyward's HTTP face. Cheap to clone.
@@ -172,7 +181,9 @@ impl Keyward {
             .collect();
         let mut client = peer;
         for hop in hops.iter().rev() {
-            let Ok(ip) = hop.parse::<IpAddr>() else { break };
+            let Some(ip) = forwarded_address(hop) else {
+                break;
+            };
             client = ip;
             if !trusted(&ip) {
                 break;
@@ -189,5 +200,27 @@ impl Keyward {
     /// The whole keyward server.
     pub fn router(&self) -> axum::Router {
         routes::router(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_entries_with_ports_and_brackets() {
+        for (hop, want) in [
+            ("192.0.2.1", "192.0.2.1"),
+            ("192.0.2.1:5678", "192.0.2.1"),
+            ("2001:db8::1", "2001:db8::1"),
+            ("[2001:db8::1]:80", "2001:db8::1"),
+            ("[2001:db8::1]", "2001:db8::1"),
+            ("[::1]:80", "::1"),
+        ] {
+            assert_eq!(forwarded_address(hop), want.parse().ok(), "{hop}");
+        }
+        for bad in ["unknown", "", "192.0.2.1:x", "[2001:db8::1", "_hidden"] {
+            assert_eq!(forwarded_address(bad), None, "{bad}");
+        }
     }
 }

@@ -1,20 +1,21 @@
 //! OAuth endpoints (RFC 6749 token, RFC 7009 revocation, RFC 7662 introspection, RFC 8414
 //! metadata) and the JWKS. Errors here use the RFC 6749 shape `{"error","error_description"}`.
 
-use crate::error::retry_seconds;
-use crate::extract::{bearer_token, body_kind, read_body, BodyKind, ClientAddr};
+use crate::error::{ApiError, OAuth};
+use crate::extract::{
+    bearer_token, body_kind, decode_form, decode_json, read_body, BodyKind, ClientAddr,
+};
 use crate::Keyward;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use keyward_core::{Password, StoreError};
-use keyward_token::{TokenError, TokenService};
+use keyward_core::Password;
+use keyward_token::TokenService;
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 
 pub(crate) fn routes() -> Router<Keyward> {
     Router::new()
@@ -25,116 +26,9 @@ pub(crate) fn routes() -> Router<Keyward> {
         .route("/.well-known/oauth-authorization-server", get(metadata))
 }
 
-/// An RFC 6749 error response.
-pub(crate) struct OAuthError {
-    status: StatusCode,
-    error: &'static str,
-    description: String,
-    retry_after: Option<i64>,
-}
-
-impl OAuthError {
-    fn new(status: StatusCode, error: &'static str, description: impl Into<String>) -> Self {
-        Self {
-            status,
-            error,
-            description: description.into(),
-            retry_after: None,
-        }
-    }
-
-    fn invalid_request(description: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request", description)
-    }
-
-    fn unavailable() -> Self {
-        let mut e = Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            "a store is temporarily unavailable; retry shortly",
-        );
-        e.retry_after = Some(5);
-        e
-    }
-}
-
-impl IntoResponse for OAuthError {
-    fn into_response(self) -> Response {
-        let mut res = (
-            self.status,
-            Json(json!({"error": self.error, "error_description": self.description})),
-        )
-            .into_response();
-        if let Some(s) = self.retry_after {
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(s));
-        }
-        if self.status == StatusCode::UNAUTHORIZED {
-            res.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"keyward\""),
-            );
-        }
-        res
-    }
-}
-
-impl From<StoreError> for OAuthError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Unavailable(cause) => {
-                tracing::warn!(cause = %cause, "store unavailable");
-                Self::unavailable()
-            }
-            other => {
-                tracing::error!(cause = %other, "token request failed");
-                Self::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "server_error",
-                    "the server failed to handle the request",
-                )
-            }
-        }
-    }
-}
-
-impl From<TokenError> for OAuthError {
-    fn from(e: TokenError) -> Self {
-        match e {
-            TokenError::InvalidGrant => Self::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_grant",
-                "the credentials or the refresh token are invalid, expired or revoked",
-            ),
-            TokenError::Throttled { retry_after } => {
-                let mut e = Self::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "slow_down",
-                    format!(
-                        "too many failed attempts; retry in {} seconds",
-                        retry_seconds(retry_after)
-                    ),
-                );
-                e.retry_after = Some(retry_seconds(retry_after));
-                e
-            }
-            TokenError::TooLong(field) => Self::invalid_request(format!("{field} is too long")),
-            TokenError::Store(s) => s.into(),
-            other => {
-                tracing::error!(cause = %other, "token request failed");
-                Self::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "server_error",
-                    "the server failed to handle the request",
-                )
-            }
-        }
-    }
-}
-
 /// The parameters of the OAuth endpoints, from a form or JSON. Every field is optional here so
 /// that a missing one gets `invalid_request` naming it, not a generic decoding error.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 struct Params {
     grant_type: Option<String>,
     username: Option<String>,
@@ -145,64 +39,34 @@ struct Params {
     token_type_hint: Option<String>,
 }
 
-async fn params(req: Request) -> Result<Params, OAuthError> {
+async fn params(req: Request) -> Result<Params, OAuth> {
     let Some(kind) = body_kind(req.headers()) else {
-        return Err(OAuthError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "invalid_request",
-            "send application/x-www-form-urlencoded or application/json",
-        ));
+        return Err(OAuth(ApiError::UnsupportedMediaType(
+            "send application/x-www-form-urlencoded or application/json".into(),
+        )));
     };
-    let bytes = read_body(req)
-        .await
-        .map_err(|e| OAuthError::new(e.status(), "invalid_request", e.detail()))?;
-    if kind == BodyKind::Json {
-        serde_json::from_slice(&bytes).map_err(|e| {
-            OAuthError::invalid_request(format!(
-                "the body is not a JSON object of string parameters (line {}, column {})",
-                e.line(),
-                e.column()
-            ))
-        })
-    } else {
-        if std::str::from_utf8(&bytes).is_err() {
-            return Err(OAuthError::invalid_request(
-                "the form body is not valid UTF-8",
-            ));
-        }
-        serde_urlencoded::from_bytes(&bytes)
-            .map_err(|_| OAuthError::invalid_request("the form body is malformed"))
-    }
-}
-
-fn service(kw: &Keyward) -> Result<&Arc<TokenService>, OAuthError> {
-    kw.tokens().ok_or_else(|| {
-        OAuthError::new(
-            StatusCode::NOT_FOUND,
-            "invalid_request",
-            "token authentication is not enabled",
-        )
+    let bytes = read_body(req).await?;
+    Ok(match kind {
+        BodyKind::Json => decode_json(&bytes)?,
+        BodyKind::Form => decode_form(&bytes)?,
     })
 }
 
-fn required(v: Option<String>, name: &str) -> Result<String, OAuthError> {
+fn service(kw: &Keyward) -> Result<&Arc<TokenService>, OAuth> {
+    kw.tokens().ok_or(OAuth(ApiError::NotFound))
+}
+
+fn required(v: Option<String>, name: &str) -> Result<String, OAuth> {
     v.filter(|s| !s.is_empty())
-        .ok_or_else(|| OAuthError::invalid_request(format!("missing parameter {name}")))
+        .ok_or_else(|| OAuth(ApiError::BadRequest(format!("missing parameter {name}"))))
 }
 
-async fn token(State(kw): State<Keyward>, ClientAddr(ip): ClientAddr, req: Request) -> Response {
-    match token_inner(&kw, ip, req).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn token_inner(
-    kw: &Keyward,
-    ip: Option<std::net::IpAddr>,
+async fn token(
+    State(kw): State<Keyward>,
+    ClientAddr(ip): ClientAddr,
     req: Request,
-) -> Result<Response, OAuthError> {
-    let svc = service(kw)?;
+) -> Result<Response, OAuth> {
+    let svc = service(&kw)?;
     let p = params(req).await?;
     let grant = required(p.grant_type, "grant_type")?;
     let pair = match grant.as_str() {
@@ -213,16 +77,15 @@ async fn token_inner(
                 .await?
         }
         "refresh_token" => {
-            svc.refresh_grant(&required(p.refresh_token, "refresh_token")?)
+            svc.refresh_grant(&required(p.refresh_token, "refresh_token")?, ip)
                 .await?
         }
         other => {
             let shown: String = other.chars().take(40).collect();
-            return Err(OAuthError::new(
-                StatusCode::BAD_REQUEST,
-                "unsupported_grant_type",
-                format!("grant_type {shown:?} is not supported (password, refresh_token)"),
-            ));
+            return Err(OAuth(ApiError::UnsupportedGrantType(format!(
+                "grant_type {shown:?} is not supported ({})",
+                grant_types(svc).join(", ")
+            ))));
         }
     };
     let body = json!({
@@ -234,45 +97,40 @@ async fn token_inner(
     Ok(([(header::PRAGMA, "no-cache")], Json(body)).into_response())
 }
 
-async fn revoke(State(kw): State<Keyward>, req: Request) -> Response {
-    let result: Result<(), OAuthError> = async {
-        let svc = service(&kw)?;
-        let token = required(params(req).await?.token, "token")?;
-        svc.revoke(&token).await?;
-        Ok(())
+/// The grants the token endpoint offers.
+fn grant_types(svc: &TokenService) -> Vec<&'static str> {
+    let mut grants = Vec::new();
+    if svc.config().password_grant {
+        grants.push("password");
     }
-    .await;
-    match result {
-        Ok(()) => StatusCode::OK.into_response(),
-        Err(e) => e.into_response(),
-    }
+    grants.push("refresh_token");
+    grants
 }
 
-fn introspection_allowed(kw: &Keyward, headers: &HeaderMap) -> bool {
-    match (&kw.config().introspection_token, bearer_token(headers)) {
-        (Some(expected), Some(given)) => expected.as_bytes().ct_eq(given.as_bytes()).into(),
-        _ => false,
-    }
+async fn revoke(
+    State(kw): State<Keyward>,
+    ClientAddr(ip): ClientAddr,
+    req: Request,
+) -> Result<StatusCode, OAuth> {
+    let svc = service(&kw)?;
+    let token = required(params(req).await?.token, "token")?;
+    svc.revoke(&token, ip).await?;
+    Ok(StatusCode::OK)
 }
 
-async fn introspect(State(kw): State<Keyward>, req: Request) -> Response {
-    let result: Result<Response, OAuthError> = async {
-        let svc = service(&kw)?;
-        if !introspection_allowed(&kw, req.headers()) {
-            return Err(OAuthError::new(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                "introspection needs Authorization: Bearer <introspection token>",
-            ));
-        }
-        let token = required(params(req).await?.token, "token")?;
-        Ok(match svc.introspect(&token).await? {
-            Some(info) => Json(info).into_response(),
-            None => Json(json!({"active": false})).into_response(),
-        })
-    }
-    .await;
-    result.unwrap_or_else(IntoResponse::into_response)
+async fn introspect(
+    State(kw): State<Keyward>,
+    ClientAddr(ip): ClientAddr,
+    req: Request,
+) -> Result<Response, OAuth> {
+    let svc = service(&kw)?;
+    svc.introspection_client(bearer_token(req.headers()), ip)
+        .await?;
+    let token = required(params(req).await?.token, "token")?;
+    Ok(match svc.introspect(&token).await? {
+        Some(info) => Json(info).into_response(),
+        None => Json(json!({"active": false})).into_response(),
+    })
 }
 
 async fn jwks(State(kw): State<Keyward>) -> Response {
@@ -302,7 +160,7 @@ async fn metadata(State(kw): State<Keyward>) -> Response {
         "jwks_uri": format!("{base}/.well-known/jwks.json"),
         "revocation_endpoint": format!("{base}/v1/token/revoke"),
         "introspection_endpoint": format!("{base}/v1/token/introspect"),
-        "grant_types_supported": ["password", "refresh_token"],
+        "grant_types_supported": grant_types(svc),
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": ["none"],
         "revocation_endpoint_auth_methods_supported": ["none"],

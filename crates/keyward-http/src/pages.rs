@@ -210,14 +210,21 @@ pub(crate) fn register_failed(kw: &Keyward, username: &str, err: ApiError) -> Re
     } else {
         ""
     };
-    page(
+    let mut res = page(
         err.status(),
         layout(
             "Register",
             None,
             register_form(kw, shown, Some(alert("error", &err.detail()))),
         ),
-    )
+    );
+    if let ApiError::TooManyRequests { retry_after } = err {
+        res.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(retry_seconds(retry_after)),
+        );
+    }
+    res
 }
 
 fn fmt_time(t: OffsetDateTime) -> String {
@@ -303,6 +310,7 @@ fn to_sign_in() -> Response {
 
 async fn revoke_one(
     State(kw): State<Keyward>,
+    ClientAddr(ip): ClientAddr,
     MaybeSession(cs): MaybeSession,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -311,7 +319,7 @@ async fn revoke_one(
     };
     if let Some(id) = SessionId::parse(&id) {
         kw.auth()
-            .revoke_session(id, Some(cs.session.user_id))
+            .revoke_session(id, Some(cs.session.user_id), ip)
             .await?;
         if id == cs.session.id {
             return Ok((
@@ -327,23 +335,25 @@ async fn revoke_one(
 
 async fn revoke_others(
     State(kw): State<Keyward>,
+    ClientAddr(ip): ClientAddr,
     MaybeSession(cs): MaybeSession,
 ) -> Result<Response, ApiError> {
     let Some(cs) = cs else {
         return Ok(to_sign_in());
     };
     kw.auth()
-        .revoke_user_sessions(cs.session.user_id, Some(cs.session.id))
+        .revoke_user_sessions(cs.session.user_id, Some(cs.session.id), ip)
         .await?;
     Ok(Redirect::to("/account").into_response())
 }
 
 async fn sign_out(
     State(kw): State<Keyward>,
+    ClientAddr(ip): ClientAddr,
     MaybeSession(cs): MaybeSession,
 ) -> Result<Response, ApiError> {
     if let Some(cs) = cs {
-        kw.auth().logout(&cs.session.token_hash).await?;
+        kw.auth().logout(&cs.session.token_hash, ip).await?;
     }
     Ok((
         StatusCode::SEE_OTHER,
@@ -364,18 +374,20 @@ async fn change_password(
         return Ok(to_sign_in());
     };
     let form: PasswordChange = decode_form(&read_body(req).await?)?;
-    let client = client_info(addr, &headers);
+    let client = client_info(&kw, addr, &headers);
     match kw
         .auth()
         .change_password(
-            &cs.session,
+            cs.session.user_id,
+            Some(&cs.session),
             &Password::new(form.current_password),
             &Password::new(form.new_password),
             &client,
         )
         .await
     {
-        Ok(new) => Ok((
+        Ok(None) => Err(ApiError::Unauthorized),
+        Ok(Some(new)) => Ok((
             StatusCode::SEE_OTHER,
             [
                 (header::SET_COOKIE, set_session_cookie(&kw, &new.token)),

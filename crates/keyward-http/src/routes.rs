@@ -2,13 +2,14 @@
 
 use crate::error::ApiError;
 use crate::extract::{
-    user_agent, BodyKind, ClientAddr, CurrentSession, Input, JsonBody, Principal,
+    device_cookie, presented_session, user_agent, BodyKind, ClientAddr, CurrentSession, Input,
+    JsonBody, Principal, DEVICE_COOKIE_NAME,
 };
 use crate::{guard, metrics as kw_metrics, pages, Keyward};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{AppendHeaders, IntoResponse, Redirect, Response};
 use axum::routing::{any, get, post, put};
 use axum::{Json, Router};
 use cookie::{Cookie, SameSite};
@@ -145,29 +146,44 @@ pub(crate) struct PasswordChange {
 
 // ------------------------------------------------------------------ cookies
 
-/// `Set-Cookie` for a new session token.
-pub(crate) fn set_session_cookie(kw: &Keyward, token: &keyward_core::SessionToken) -> HeaderValue {
-    let max_age = kw.auth().config().absolute_timeout.whole_seconds();
-    let c = Cookie::build((kw.cookie_name(), token.expose()))
+/// `Set-Cookie` for one of keyward's cookies: `HttpOnly; SameSite=Lax; Path=/`, and `Secure`
+/// over https.
+fn cookie(kw: &Keyward, name: &str, value: &str, max_age: time::Duration) -> HeaderValue {
+    let c = Cookie::build((name, value))
         .http_only(true)
         .same_site(SameSite::Lax)
         .path("/")
         .secure(kw.secure())
-        .max_age(cookie::time::Duration::seconds(max_age))
+        .max_age(cookie::time::Duration::seconds(max_age.whole_seconds()))
         .build();
     HeaderValue::from_str(&c.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
+/// `Set-Cookie` for a new session token.
+pub(crate) fn set_session_cookie(kw: &Keyward, token: &keyward_core::SessionToken) -> HeaderValue {
+    let max_age = kw.auth().config().absolute_timeout;
+    cookie(kw, kw.cookie_name(), token.expose(), max_age)
+}
+
 /// `Set-Cookie` that removes the session cookie.
 pub(crate) fn clear_session_cookie(kw: &Keyward) -> HeaderValue {
-    let c = Cookie::build((kw.cookie_name(), ""))
-        .http_only(true)
-        .same_site(SameSite::Lax)
-        .path("/")
-        .secure(kw.secure())
-        .max_age(cookie::time::Duration::ZERO)
-        .build();
-    HeaderValue::from_str(&c.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
+    cookie(kw, kw.cookie_name(), "", time::Duration::ZERO)
+}
+
+/// The `Set-Cookie` headers of a sign-in: the session, and the device cookie.
+pub(crate) fn signed_in_cookies(
+    kw: &Keyward,
+    new: &NewSession,
+) -> AppendHeaders<Vec<(HeaderName, HeaderValue)>> {
+    let mut cookies = vec![(header::SET_COOKIE, set_session_cookie(kw, &new.token))];
+    if let Some(device) = &new.device {
+        let max_age = keyward_core::device::DEVICE_COOKIE_TTL;
+        cookies.push((
+            header::SET_COOKIE,
+            cookie(kw, DEVICE_COOKIE_NAME, device.expose(), max_age),
+        ));
+    }
+    AppendHeaders(cookies)
 }
 
 const CLEAR_SITE_DATA: HeaderName = HeaderName::from_static("clear-site-data");
@@ -180,10 +196,17 @@ pub(crate) fn logged_out_headers(kw: &Keyward) -> [(HeaderName, HeaderValue); 2]
     ]
 }
 
-pub(crate) fn client_info(ClientAddr(ip): ClientAddr, headers: &HeaderMap) -> ClientInfo {
+/// Who is calling: the address, the user agent, and the device and session cookies presented.
+pub(crate) fn client_info(
+    kw: &Keyward,
+    ClientAddr(ip): ClientAddr,
+    headers: &HeaderMap,
+) -> ClientInfo {
     ClientInfo {
         ip,
         user_agent: user_agent(headers),
+        device: device_cookie(headers),
+        session: presented_session(headers, kw.cookie_name()),
     }
 }
 
@@ -220,11 +243,12 @@ pub(crate) fn came_from(kw: &Keyward, headers: &HeaderMap) -> Option<String> {
 
 async fn create_user(
     State(kw): State<Keyward>,
+    ClientAddr(ip): ClientAddr,
     Input { value, kind }: Input<Credentials>,
 ) -> Response {
     let result = kw
         .auth()
-        .register(&value.username, &Password::new(value.password))
+        .register(&value.username, &Password::new(value.password), ip)
         .await;
     match (result, kind) {
         (Ok(user), BodyKind::Json) => {
@@ -239,7 +263,7 @@ async fn create_user(
 fn session_created(kw: &Keyward, new: &NewSession, status: StatusCode) -> Response {
     (
         status,
-        [(header::SET_COOKIE, set_session_cookie(kw, &new.token))],
+        signed_in_cookies(kw, new),
         Json(SessionEnvelope::new(kw, &new.session)),
     )
         .into_response()
@@ -251,7 +275,7 @@ async fn login(
     headers: HeaderMap,
     Input { value, kind }: Input<Credentials>,
 ) -> Response {
-    let client = client_info(addr, &headers);
+    let client = client_info(&kw, addr, &headers);
     let result = kw
         .auth()
         .login(&value.username, &Password::new(value.password), &client)
@@ -263,14 +287,12 @@ async fn login(
             let to = local_target(value.next.as_deref().or(from.as_deref()), "/account");
             (
                 StatusCode::SEE_OTHER,
-                [
-                    (header::SET_COOKIE, set_session_cookie(&kw, &new.token)),
-                    (
-                        header::LOCATION,
-                        HeaderValue::from_str(&to)
-                            .unwrap_or_else(|_| HeaderValue::from_static("/account")),
-                    ),
-                ],
+                signed_in_cookies(&kw, &new),
+                [(
+                    header::LOCATION,
+                    HeaderValue::from_str(&to)
+                        .unwrap_or_else(|_| HeaderValue::from_static("/account")),
+                )],
             )
                 .into_response()
         }
@@ -285,8 +307,12 @@ async fn current(State(kw): State<Keyward>, cs: CurrentSession) -> Json<SessionE
     Json(SessionEnvelope::new(&kw, &cs.session))
 }
 
-async fn logout(State(kw): State<Keyward>, cs: CurrentSession) -> Result<Response, ApiError> {
-    kw.auth().logout(&cs.session.token_hash).await?;
+async fn logout(
+    State(kw): State<Keyward>,
+    ClientAddr(ip): ClientAddr,
+    cs: CurrentSession,
+) -> Result<Response, ApiError> {
+    kw.auth().logout(&cs.session.token_hash, ip).await?;
     Ok((StatusCode::NO_CONTENT, logged_out_headers(&kw)).into_response())
 }
 
@@ -318,13 +344,14 @@ async fn list_sessions(
 
 async fn revoke_one(
     State(kw): State<Keyward>,
+    ClientAddr(ip): ClientAddr,
     cs: CurrentSession,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = SessionId::parse(&id).ok_or(ApiError::NotFound)?;
     if !kw
         .auth()
-        .revoke_session(id, Some(cs.session.user_id))
+        .revoke_session(id, Some(cs.session.user_id), ip)
         .await?
     {
         return Err(ApiError::NotFound);
@@ -337,36 +364,49 @@ async fn revoke_one(
 
 async fn revoke_others(
     State(kw): State<Keyward>,
+    ClientAddr(ip): ClientAddr,
     cs: CurrentSession,
 ) -> Result<StatusCode, ApiError> {
     kw.auth()
-        .revoke_user_sessions(cs.session.user_id, Some(cs.session.id))
+        .revoke_user_sessions(cs.session.user_id, Some(cs.session.id), ip)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// With the session cookie, the session gets a new token (a new cookie) and every other
+/// session and refresh token of the user ends; with a bearer token every one of them ends,
+/// the caller's own included.
 async fn change_password(
     State(kw): State<Keyward>,
-    cs: CurrentSession,
+    principal: Principal,
     addr: ClientAddr,
     headers: HeaderMap,
     JsonBody(body): JsonBody<PasswordChange>,
 ) -> Result<Response, ApiError> {
-    let client = client_info(addr, &headers);
-    let new = kw
+    let client = client_info(&kw, addr, &headers);
+    let user = principal.user().ok_or(ApiError::InvalidToken)?;
+    let keep = match &principal {
+        Principal::Session(cs) => Some(&cs.session),
+        Principal::Bearer(_) => None,
+    };
+    let renewed = kw
         .auth()
         .change_password(
-            &cs.session,
+            user,
+            keep,
             &Password::new(body.current_password),
             &Password::new(body.new_password),
             &client,
         )
         .await?;
-    Ok((
-        StatusCode::NO_CONTENT,
-        [(header::SET_COOKIE, set_session_cookie(&kw, &new.token))],
-    )
-        .into_response())
+    Ok(match renewed {
+        Some(new) => (
+            StatusCode::NO_CONTENT,
+            [(header::SET_COOKIE, set_session_cookie(&kw, &new.token))],
+        )
+            .into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
 }
 
 #[derive(Serialize)]

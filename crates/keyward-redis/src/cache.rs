@@ -608,6 +608,19 @@ impl TokenStore for CachedSessions {
         Ok(done)
     }
 
+    async fn revoke_by_token(
+        &self,
+        token: &TokenHash,
+        now: OffsetDateTime,
+    ) -> StoreResult<Option<RefreshFamily>> {
+        let found = self.store.revoke_by_token(token, now).await?;
+        if let Some(f) = &found {
+            self.revoked.insert(f.id, ());
+            self.barrier(&format!("{{kw.{:02x}}}", f.id.shard())).await;
+        }
+        Ok(found)
+    }
+
     async fn revoke_user_families(&self, user: UserId, now: OffsetDateTime) -> StoreResult<u64> {
         let n = self.store.revoke_user_families(user, now).await?;
         if n > 0 {

@@ -207,6 +207,24 @@ redis.call('PUBLISH', FEED, 'f ' .. string.match(KEYS[1], ':f:(.*)$'))
 return 1
 "#;
 
+    /// KEYS: refresh token (any of its family, used or not). ARGV: tag, now_ms. Revokes the
+    /// family unless it already is; returns {uid, username, created, expires, fid, changed}
+    /// while the family is known and not over, else nothing.
+    REVOKE_BY_TOKEN = r#"
+local fid = redis.call('HGET', KEYS[1], 'f')
+if not fid then return {} end
+local fk = ARGV[1] .. ':f:' .. fid
+local fam = redis.call('HMGET', fk, 'u', 'n', 'c', 'e', 'r')
+if not fam[1] or tonumber(fam[4]) <= tonumber(ARGV[2]) then return {} end
+local changed = '0'
+if not fam[5] then
+  redis.call('HSET', fk, 'r', ARGV[2])
+  redis.call('PUBLISH', FEED, 'f ' .. fid)
+  changed = '1'
+end
+return {fam[1], fam[2], fam[3], fam[4], fid, changed}
+"#;
+
     /// KEYS: user's family set. ARGV: tag, now_ms. How many families this call revoked.
     REVOKE_USER_FAMILIES = r#"
 local n = 0

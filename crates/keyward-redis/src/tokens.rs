@@ -140,6 +140,29 @@ impl TokenStore for RedisStore {
         Ok(n == 1)
     }
 
+    async fn revoke_by_token(
+        &self,
+        token: &TokenHash,
+        now: OffsetDateTime,
+    ) -> StoreResult<Option<RefreshFamily>> {
+        let key = token_key(token);
+        let r: Vec<String> = self
+            .eval(
+                &REVOKE_BY_TOKEN,
+                key.clone(),
+                vec![tag(token.shard()), ms(now)],
+            )
+            .await?;
+        let Some((changed, fields)) = r.split_last() else {
+            return Ok(None);
+        };
+        let f = family(fields)?;
+        if changed == "1" {
+            self.acknowledged(&key).await?;
+        }
+        Ok(Some(f))
+    }
+
     async fn revoke_user_families(&self, user: UserId, now: OffsetDateTime) -> StoreResult<u64> {
         let key = format!("{}:uf:{}", tag(user.shard()), user);
         let n: i64 = self

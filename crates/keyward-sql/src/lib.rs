@@ -30,6 +30,9 @@ pub enum OpenError {
     /// The URL could not be understood.
     #[error("invalid database URL: {0}")]
     Url(#[source] sqlx::Error),
+    /// The database file could not be created.
+    #[error("cannot create the database file: {0}")]
+    Create(#[source] std::io::Error),
     /// The database could not be opened.
     #[error("cannot open the database: {0}")]
     Connect(#[source] sqlx::Error),

@@ -24,6 +24,8 @@ const SESSION_COLUMNS: &str =
     "token_hash, id, user_id, username, created_at, last_seen_at, expires_at, ip, user_agent";
 const USER_COLUMNS: &str = "id, username, password_hash, created_at, locked";
 const FAMILY_COLUMNS: &str = "id, user_id, username, created_at, expires_at, revoked_at";
+/// The advisory lock that serialises scheduled key rotations ("kw" "keys" in ASCII).
+const KEY_ROTATION_LOCK: i64 = 0x6b77_6b65_7973;
 
 impl PostgresStore {
     /// Connect and bring the schema up to date. Connections time out after 5 s, so an
@@ -468,6 +470,27 @@ impl TokenStore for PostgresStore {
         Ok(done.rows_affected() > 0)
     }
 
+    async fn revoke_by_token(
+        &self,
+        token: &TokenHash,
+        now: OffsetDateTime,
+    ) -> StoreResult<Option<RefreshFamily>> {
+        let row = sqlx::query(&format!(
+            "UPDATE refresh_families SET revoked_at = COALESCE(revoked_at, $1) \
+             WHERE id = (SELECT family_id FROM refresh_tokens WHERE token_hash = $2) AND expires_at > $1 \
+             RETURNING {FAMILY_COLUMNS}"
+        ))
+        .bind(to_unix_ms(now))
+        .bind(token.as_bytes().as_slice())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_error)?;
+        row.as_ref()
+            .map(family_from_row)
+            .transpose()
+            .map(|f| f.map(|(f, _)| f))
+    }
+
     async fn revoke_user_families(&self, user: UserId, now: OffsetDateTime) -> StoreResult<u64> {
         let done = sqlx::query(
             "UPDATE refresh_families SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
@@ -552,6 +575,35 @@ impl KeyStore for PostgresStore {
             .await
             .map_err(store_error)?;
         Ok(())
+    }
+
+    async fn insert_key_unless_newer(
+        &self,
+        key: &StoredKey,
+        since: OffsetDateTime,
+    ) -> StoreResult<bool> {
+        // Concurrent transactions would each see no newer key: take a lock of our own first
+        // (released at commit), so they run one after the other.
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(KEY_ROTATION_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        let done = sqlx::query(
+            "INSERT INTO signing_keys (kid, alg, sealed_private, created_at) SELECT $1, $2, $3, $4 \
+             WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE created_at > $5)",
+        )
+        .bind(&key.kid)
+        .bind(&key.alg)
+        .bind(&key.sealed_private)
+        .bind(to_unix_ms(key.created_at))
+        .bind(to_unix_ms(since))
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn delete_key(&self, kid: &str) -> StoreResult<bool> {

@@ -145,6 +145,9 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5));
         let path = options.get_filename().to_path_buf();
+        if !memory {
+            private_file(&path).map_err(OpenError::Create)?;
+        }
         let pool = SqlitePoolOptions::new()
             // An in-memory database exists per connection: keep exactly one.
             .max_connections(if memory { 1 } else { 4 })
@@ -210,6 +213,31 @@ impl SqliteStore {
     /// Close the pool.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// Create the database file readable by its owner alone (it holds password hashes), whatever
+/// the umask; SQLite gives its WAL and shared-memory files the database file's mode. An
+/// existing file keeps its mode, with a warning when others may read it.
+fn private_file(path: &std::path::Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(path)?.permissions().mode();
+                if mode & 0o077 != 0 {
+                    tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "the database file is readable by other users; chmod 600 it");
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -191,6 +191,28 @@ impl TokenStore for SqliteStore {
         Ok(done.rows_affected() > 0)
     }
 
+    async fn revoke_by_token(
+        &self,
+        token: &TokenHash,
+        now: OffsetDateTime,
+    ) -> StoreResult<Option<RefreshFamily>> {
+        let row = sqlx::query(&format!(
+            "UPDATE refresh_families SET revoked_at = coalesce(revoked_at, ?) \
+             WHERE id = (SELECT family_id FROM refresh_tokens WHERE token_hash = ?) AND expires_at > ? \
+             RETURNING {FAMILY_COLUMNS}"
+        ))
+        .bind(to_unix_ms(now))
+        .bind(token.as_bytes().as_slice())
+        .bind(to_unix_ms(now))
+        .fetch_optional(self.pool())
+        .await
+        .map_err(store_error)?;
+        row.as_ref()
+            .map(family_from_row)
+            .transpose()
+            .map(|f| f.map(|(f, _)| f))
+    }
+
     async fn revoke_user_families(&self, user: UserId, now: OffsetDateTime) -> StoreResult<u64> {
         let done = sqlx::query(
             "UPDATE refresh_families SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL",
@@ -278,6 +300,28 @@ impl KeyStore for SqliteStore {
         .await
         .map_err(store_error)?;
         Ok(())
+    }
+
+    async fn insert_key_unless_newer(
+        &self,
+        key: &StoredKey,
+        since: OffsetDateTime,
+    ) -> StoreResult<bool> {
+        // One statement: SQLite runs writers one at a time, so the check and the insert see
+        // the same table.
+        let done = sqlx::query(
+            "INSERT INTO signing_keys (kid, alg, sealed_private, created_at) SELECT ?, ?, ?, ? \
+             WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE created_at > ?)",
+        )
+        .bind(&key.kid)
+        .bind(&key.alg)
+        .bind(&key.sealed_private)
+        .bind(to_unix_ms(key.created_at))
+        .bind(to_unix_ms(since))
+        .execute(self.pool())
+        .await
+        .map_err(store_error)?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn delete_key(&self, kid: &str) -> StoreResult<bool> {

@@ -332,6 +332,21 @@ macro_rules! session_store_conformance {
     };
 }
 
+/// Generate the key-store conformance tests for a backend.
+#[macro_export]
+macro_rules! key_store_conformance {
+    ($name:ident, $make:path) => {
+        mod $name {
+            use $crate::conformance as c;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn keys_and_scheduled_rotation() {
+                let f = $make().await;
+                c::keys_and_scheduled_rotation(f.store.clone()).await
+            }
+        }
+    };
+}
+
 /// Generate the user-store conformance tests for a backend.
 #[macro_export]
 macro_rules! user_store_conformance {
@@ -527,8 +542,69 @@ pub async fn deny_revoke_and_purge(s: &dyn TokenStore) {
         s.rotate(&rb1, &hash(&b1), later, NO_GRACE).await.unwrap(),
         RotateOutcome::Invalid
     );
-    assert!(s.purge_tokens(later).await.unwrap() >= 4);
+    // One deny entry, three families and their three tokens.
+    assert_eq!(s.purge_tokens(later).await.unwrap(), 7);
+    assert_eq!(
+        s.purge_tokens(later).await.unwrap(),
+        0,
+        "nothing is left to purge"
+    );
     assert!(!s.is_denied("jti-1", b1.id, later).await.unwrap());
+    assert_eq!(s.revoke_by_token(&rb1, t0()).await.unwrap(), None, "purged");
+}
+
+/// Revoking by any token of a family (RFC 7009), one already rotated away too, revokes the
+/// family; unknown tokens and families past their end are not found.
+pub async fn revoke_by_any_token(s: &dyn TokenStore) {
+    let f = family(UserId::new(), t0());
+    let (r0, r1) = (hash(&f), hash(&f));
+    s.create_family(&f, &r0).await.unwrap();
+    assert_eq!(
+        s.rotate(&r0, &r1, t0(), NO_GRACE).await.unwrap(),
+        RotateOutcome::Rotated(f.clone())
+    );
+    assert!(!s.is_denied("jti", f.id, t0()).await.unwrap());
+    assert_eq!(
+        s.revoke_by_token(&r0, t0()).await.unwrap(),
+        Some(f.clone()),
+        "the used token"
+    );
+    assert!(s.is_denied("jti", f.id, t0()).await.unwrap());
+    assert_eq!(
+        s.rotate(&r1, &hash(&f), t0(), NO_GRACE).await.unwrap(),
+        RotateOutcome::Invalid,
+        "the newest token died with its family"
+    );
+    assert_eq!(s.family_of(&r1, t0()).await.unwrap(), None);
+    assert_eq!(
+        s.revoke_by_token(&r1, t0()).await.unwrap(),
+        Some(f.clone()),
+        "already revoked: still known"
+    );
+    assert!(
+        !s.revoke_family(f.id, t0()).await.unwrap(),
+        "it was revoked already"
+    );
+    assert_eq!(
+        s.revoke_by_token(&hash(&f), t0()).await.unwrap(),
+        None,
+        "unknown"
+    );
+    let g = family(UserId::new(), t0());
+    let q0 = hash(&g);
+    s.create_family(&g, &q0).await.unwrap();
+    assert_eq!(
+        s.revoke_by_token(&q0, t0() + Duration::days(31))
+            .await
+            .unwrap(),
+        None,
+        "past its end"
+    );
+    assert_eq!(
+        s.revoke_by_token(&q0, t0()).await.unwrap(),
+        Some(g),
+        "an unused token"
+    );
 }
 
 /// Generate the token-store conformance tests for a backend.
@@ -551,6 +627,11 @@ macro_rules! token_store_conformance {
             async fn deny_revoke_and_purge() {
                 let f = $make().await;
                 c::deny_revoke_and_purge(&*f.store).await
+            }
+            #[tokio::test]
+            async fn revoke_by_any_token() {
+                let f = $make().await;
+                c::revoke_by_any_token(&*f.store).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn concurrent_rotation_has_one_winner() {
@@ -576,11 +657,66 @@ pub async fn session_suite(s: Arc<dyn SessionStore>) {
 }
 
 /// Every token-store check in turn on one store (see [`session_suite`]).
+/// The purge check goes first, while the store is empty.
 pub async fn token_suite(s: Arc<dyn TokenStore>) {
+    deny_revoke_and_purge(&*s).await;
     rotation_and_reuse(&*s).await;
     reuse_grace(&*s).await;
-    deny_revoke_and_purge(&*s).await;
+    revoke_by_any_token(&*s).await;
     concurrent_rotation_has_one_winner(s).await;
+}
+
+// ------------------------------------------------------------------ key stores
+
+use keyward_core::{KeyStore, StoredKey};
+
+fn key(kid: &str, at: OffsetDateTime) -> StoredKey {
+    StoredKey {
+        kid: kid.into(),
+        alg: "EdDSA".into(),
+        sealed_private: vec![1, 2, 3],
+        created_at: at,
+    }
+}
+
+/// Keys: insert, list oldest first, delete; and of concurrent scheduled rotations exactly
+/// one adds a key.
+pub async fn keys_and_scheduled_rotation(s: Arc<dyn KeyStore>) {
+    assert!(s.list_keys().await.unwrap().is_empty());
+    s.insert_key(&key("k1", t0())).await.unwrap();
+    assert!(
+        !s.insert_key_unless_newer(
+            &key("k2", t0() + Duration::days(1)),
+            t0() - Duration::days(1)
+        )
+        .await
+        .unwrap(),
+        "k1 is newer than the cutoff"
+    );
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.insert_key_unless_newer(&key(&format!("r{i}"), t0() + Duration::days(30)), t0())
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut added = 0;
+    for t in tasks {
+        if t.await.unwrap() {
+            added += 1;
+        }
+    }
+    assert_eq!(added, 1, "one rotation of eight racing");
+    let listed = s.list_keys().await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0], key("k1", t0()));
+    assert_eq!(listed[1].created_at, t0() + Duration::days(30));
+    assert!(s.delete_key("k1").await.unwrap());
+    assert!(!s.delete_key("k1").await.unwrap());
+    assert_eq!(s.list_keys().await.unwrap().len(), 1);
 }
 
 /// A failure log keeps, per key, the newest failures inside the window, and forgets on demand.

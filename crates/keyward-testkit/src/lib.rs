@@ -97,6 +97,24 @@ pub async fn postgres_tokens() -> Fixture<dyn keyward_core::TokenStore> {
     }
 }
 
+/// SQLite as a key store.
+pub async fn sqlite_keys() -> Fixture<dyn keyward_core::KeyStore> {
+    let f = sqlite_fixture().await;
+    Fixture {
+        store: f.store,
+        keep: f.keep,
+    }
+}
+
+/// PostgreSQL as a key store.
+pub async fn postgres_keys() -> Fixture<dyn keyward_core::KeyStore> {
+    let f = postgres_fixture().await;
+    Fixture {
+        store: f.store,
+        keep: f.keep,
+    }
+}
+
 /// SQLite as a user store.
 pub async fn sqlite_users() -> Fixture<dyn UserStore> {
     let f = sqlite_fixture().await;
@@ -316,6 +334,8 @@ pub struct AppOptions {
     pub algorithm: SigningAlg,
     pub refresh_reuse_grace: time::Duration,
     pub introspection_token: Option<String>,
+    pub password_grant: bool,
+    pub key_rotation_interval: time::Duration,
 }
 
 impl Default for AppOptions {
@@ -331,6 +351,8 @@ impl Default for AppOptions {
             algorithm: SigningAlg::EdDSA,
             refresh_reuse_grace: time::Duration::ZERO,
             introspection_token: Some(INTROSPECTION_TOKEN.to_owned()),
+            password_grant: true,
+            key_rotation_interval: time::Duration::days(30),
         }
     }
 }
@@ -411,12 +433,14 @@ pub async fn spawn_app_with(opts: AppOptions) -> TestApp {
             db,
             Kek::generate().unwrap(),
             TokenConfig {
-                issuer: public.trim_end_matches('/').to_owned(),
-                audience: "keyward".into(),
                 access_ttl: opts.access_ttl,
                 refresh_ttl: opts.refresh_ttl,
                 algorithm: opts.algorithm,
                 refresh_reuse_grace: opts.refresh_reuse_grace,
+                password_grant: opts.password_grant,
+                key_rotation_interval: opts.key_rotation_interval,
+                introspection_token: opts.introspection_token.map(Into::into),
+                ..TokenConfig::new(public.trim_end_matches('/'))
             },
         )
         .await
@@ -434,7 +458,6 @@ pub async fn spawn_app_with(opts: AppOptions) -> TestApp {
             .iter()
             .map(|p| p.parse().unwrap())
             .collect(),
-        introspection_token: opts.introspection_token,
     };
     let keyward = Keyward::new(auth, Some(tokens.clone()), http);
     let app = keyward

@@ -96,14 +96,7 @@ fn service(c: &mut Criterion) {
         auth.create_user("ada", &Password::new("correct-horse-battery".into()))
             .await
             .unwrap();
-        let config = TokenConfig {
-            issuer: "https://auth.example.com".into(),
-            audience: "keyward".into(),
-            access_ttl: Duration::minutes(15),
-            refresh_ttl: Duration::days(30),
-            algorithm: SigningAlg::EdDSA,
-            refresh_reuse_grace: Duration::ZERO,
-        };
+        let config = TokenConfig::new("https://auth.example.com");
         let svc = TokenService::new(auth, mem, db, Kek::generate().unwrap(), config)
             .await
             .unwrap();
@@ -125,7 +118,7 @@ fn service(c: &mut Criterion) {
     c.bench_function("service/refresh_grant", |b| {
         b.to_async(&rt).iter(|| async {
             let presented = current.lock().unwrap().clone();
-            let pair = svc.refresh_grant(&presented).await.unwrap();
+            let pair = svc.refresh_grant(&presented, None).await.unwrap();
             *current.lock().unwrap() = pair.refresh_token.expose().to_owned();
         })
     });

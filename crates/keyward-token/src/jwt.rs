@@ -2,8 +2,9 @@
 //!
 //! Verification follows RFC 8725: the header must name a `kid` of our own key set, the
 //! algorithm must be that key's one algorithm (so `none`, HS256-with-a-public-key and any
-//! other substitution fail), `typ` must be `at+jwt`, `jku`/`jwk`/`x5u`/`x5c` are never used,
-//! and `exp`, `nbf`, `iss` and `aud` are checked, time against the injected clock.
+//! other substitution fail), `typ` must be `at+jwt`, a `crit` header is refused,
+//! `jku`/`jwk`/`x5u`/`x5c` are never used, and `exp`, `nbf`, `iss` and `aud` are checked, time
+//! against the injected clock.
 
 use crate::keys::{Keyring, SigningKey};
 use jsonwebtoken::{decode, decode_header, encode, Header, Validation};
@@ -55,6 +56,9 @@ pub enum Rejected {
     /// `alg` is not the key's algorithm.
     #[error("algorithm mismatch")]
     AlgorithmMismatch,
+    /// The header names critical extensions (`crit`), none of which keyward understands.
+    #[error("unsupported critical header")]
+    Critical,
     /// Signature, issuer, audience or claim shape.
     #[error("invalid")]
     Invalid,
@@ -74,6 +78,20 @@ pub fn sign(
     let mut header = Header::new(key.alg_jose());
     header.typ = Some(TYP.to_owned());
     header.kid = Some(key.kid.clone());
+    encode(&header, claims, &key.encoding)
+}
+
+/// Sign with a `crit` header: for tests that check such tokens are refused.
+#[doc(hidden)]
+pub fn sign_with_crit(
+    key: &SigningKey,
+    claims: &AccessClaims,
+    crit: Vec<String>,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let mut header = Header::new(key.alg_jose());
+    header.typ = Some(TYP.to_owned());
+    header.kid = Some(key.kid.clone());
+    header.crit = Some(crit);
     encode(&header, claims, &key.encoding)
 }
 
@@ -99,6 +117,11 @@ pub fn verify(
     });
     if !typ_ok {
         return Err(Rejected::WrongType);
+    }
+    // RFC 7515 §4.1.11: a recipient that does not understand a listed extension must refuse
+    // the token, and keyward understands none.
+    if header.crit.is_some() {
+        return Err(Rejected::Critical);
     }
     let key = header
         .kid

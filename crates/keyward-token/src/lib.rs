@@ -10,12 +10,16 @@ pub mod keys;
 pub use jwt::AccessClaims;
 pub use keys::{Kek, KeyError, Keyring, SigningAlg, SigningKey};
 
+use keyward_core::auth::show_ip;
+use keyward_core::throttle::Refused;
 use keyward_core::{
-    AuthError, AuthService, DynKeyStore, DynTokenStore, Password, RefreshFamily, RotateOutcome,
-    SessionId, SessionToken, StoreError, AUDIT,
+    AuthError, AuthService, ClientInfo, DynKeyStore, DynTokenStore, Password, RefreshFamily,
+    RotateOutcome, SessionId, SessionToken, StoreError, AUDIT,
 };
+use secrecy::{ExposeSecret, SecretString};
 use std::net::IpAddr;
 use std::sync::{Arc, PoisonError, RwLock};
+use subtle::ConstantTimeEq;
 use time::{Duration, OffsetDateTime};
 
 /// Settings of the token side.
@@ -34,6 +38,29 @@ pub struct TokenConfig {
     /// How long after a refresh the used token may be presented again and receive the same
     /// successor (a client that lost the answer); zero: never, any replay is reuse.
     pub refresh_reuse_grace: Duration,
+    /// Whether `grant_type=password` is offered.
+    pub password_grant: bool,
+    /// A new signing key is made once the newest is this old (by one node of a fleet).
+    pub key_rotation_interval: Duration,
+    /// The bearer secret resource servers present to introspect tokens (`None`: refused).
+    pub introspection_token: Option<SecretString>,
+}
+
+impl TokenConfig {
+    /// Settings with keyward's defaults for this issuer.
+    pub fn new(issuer: impl Into<String>) -> Self {
+        Self {
+            issuer: issuer.into(),
+            audience: "keyward".into(),
+            access_ttl: Duration::minutes(15),
+            refresh_ttl: Duration::days(30),
+            algorithm: SigningAlg::EdDSA,
+            refresh_reuse_grace: Duration::ZERO,
+            password_grant: true,
+            key_rotation_interval: Duration::days(30),
+            introspection_token: None,
+        }
+    }
 }
 
 /// What the token side can fail with.
@@ -52,6 +79,12 @@ pub enum TokenError {
     /// A field is longer than anything valid.
     #[error("{0} is too long")]
     TooLong(&'static str),
+    /// The password grant is turned off (`--password-grant false`).
+    #[error("the password grant is not offered")]
+    PasswordGrantDisabled,
+    /// The caller's credential (the introspection secret) is missing or wrong.
+    #[error("client authentication failed")]
+    InvalidClient,
     /// A store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -59,8 +92,11 @@ pub enum TokenError {
     #[error(transparent)]
     Key(#[from] KeyError),
     /// Signing failed.
-    #[error("signing failed: {0}")]
-    Sign(String),
+    #[error("signing failed")]
+    Sign(#[source] jsonwebtoken::errors::Error),
+    /// There is no key to sign with.
+    #[error("no signing key")]
+    NoSigningKey,
     /// Anything else from the auth service.
     #[error(transparent)]
     Auth(AuthError),
@@ -225,6 +261,35 @@ impl TokenService {
         Ok(())
     }
 
+    /// Make a new signing key when the newest is older than the rotation interval. Of several
+    /// nodes running this at once one adds the key (the store checks and inserts
+    /// atomically); the others pick it up when they reload. Returns the new key's id.
+    pub async fn rotate_if_due(&self) -> Result<Option<String>, TokenError> {
+        let now = self.now();
+        let newest = self
+            .key_store
+            .list_keys()
+            .await?
+            .last()
+            .map(|k| k.created_at);
+        let due_since = now - self.config.key_rotation_interval;
+        if newest.is_some_and(|t| t > due_since) {
+            return Ok(None);
+        }
+        let stored = keys::generate(self.config.algorithm, &self.kek, now)?;
+        if !self
+            .key_store
+            .insert_key_unless_newer(&stored, due_since)
+            .await?
+        {
+            self.reload_keys().await?;
+            return Ok(None);
+        }
+        tracing::info!(target: AUDIT, event = "signing_key_created", kid = %stored.kid, alg = %stored.alg, reason = "schedule");
+        self.reload_keys().await?;
+        Ok(Some(stored.kid))
+    }
+
     /// Generate and store a new signing key with the configured algorithm, then use it.
     pub async fn rotate_key(&self) -> Result<String, TokenError> {
         let stored = keys::generate(self.config.algorithm, &self.kek, self.now())?;
@@ -236,9 +301,7 @@ impl TokenService {
 
     fn issue(&self, family: &RefreshFamily) -> Result<(String, i64), TokenError> {
         let ring = self.keyring();
-        let key = ring
-            .current()
-            .ok_or_else(|| TokenError::Sign("no signing key".into()))?;
+        let key = ring.current().ok_or(TokenError::NoSigningKey)?;
         let now = self.now();
         // Never past the family's end: a revoked family must deny every token it issued, and
         // stores keep a family's record only so long after its end.
@@ -255,7 +318,7 @@ impl TokenService {
             client_id: CLIENT_ID.to_owned(),
             preferred_username: family.username.clone(),
         };
-        let token = jwt::sign(key, &claims).map_err(|e| TokenError::Sign(e.to_string()))?;
+        let token = jwt::sign(key, &claims).map_err(TokenError::Sign)?;
         Ok((token, (exp - now).whole_seconds().max(0)))
     }
 
@@ -266,7 +329,13 @@ impl TokenService {
         password: &Password,
         ip: Option<IpAddr>,
     ) -> Result<TokenPair, TokenError> {
-        let user = self.auth.check_credentials(username, password, ip).await?;
+        if !self.config.password_grant {
+            return Err(TokenError::PasswordGrantDisabled);
+        }
+        let user = self
+            .auth
+            .check_credentials(username, password, &ClientInfo::at(ip))
+            .await?;
         let now = self.now();
         let family = RefreshFamily {
             id: SessionId::new_in(user.id.shard()),
@@ -288,7 +357,7 @@ impl TokenService {
         let (access_token, expires_in) = self.issue(&family)?;
         metrics::counter!("keyward_logins_total", "result" => "ok").increment(1);
         metrics::counter!("keyward_tokens_issued_total", "grant" => "password").increment(1);
-        tracing::info!(target: AUDIT, event = "token_granted", user_id = %user.id, sid = %family.id);
+        tracing::info!(target: AUDIT, event = "token_granted", grant = "password", user_id = %user.id, sid = %family.id, ip = %show_ip(ip));
         Ok(TokenPair {
             access_token,
             expires_in,
@@ -296,8 +365,32 @@ impl TokenService {
         })
     }
 
-    /// `grant_type=refresh_token`: rotate; a reused token revokes its whole family.
-    pub async fn refresh_grant(&self, presented: &str) -> Result<TokenPair, TokenError> {
+    /// Whether a token request from `ip` may go ahead: refused while the address is over its
+    /// limit of failed token requests (answered from memory).
+    fn admitted(&self, ip: Option<IpAddr>) -> Result<(), TokenError> {
+        match self.auth.throttle().token_request(ip) {
+            Ok(()) => Ok(()),
+            Err(Refused::Throttled(retry_after)) => Err(TokenError::Throttled { retry_after }),
+            Err(Refused::Store(e)) => Err(e.into()),
+        }
+    }
+
+    /// `grant_type=refresh_token`: rotate; a reused token revokes its whole family. Invalid
+    /// tokens count against the caller's address.
+    pub async fn refresh_grant(
+        &self,
+        presented: &str,
+        ip: Option<IpAddr>,
+    ) -> Result<TokenPair, TokenError> {
+        self.admitted(ip)?;
+        let outcome = self.rotate(presented, ip).await;
+        if matches!(outcome, Err(TokenError::InvalidGrant)) {
+            self.auth.throttle().token_failed(ip).await;
+        }
+        outcome
+    }
+
+    async fn rotate(&self, presented: &str, ip: Option<IpAddr>) -> Result<TokenPair, TokenError> {
         let Some(presented) = SessionToken::parse(presented) else {
             return Err(TokenError::InvalidGrant);
         };
@@ -316,6 +409,7 @@ impl TokenService {
                 let (access_token, expires_in) = self.issue(&family)?;
                 metrics::counter!("keyward_tokens_issued_total", "grant" => "refresh_token")
                     .increment(1);
+                tracing::info!(target: AUDIT, event = "token_refreshed", user_id = %family.user_id, sid = %family.id, ip = %show_ip(ip));
                 Ok(TokenPair {
                     access_token,
                     expires_in,
@@ -324,7 +418,7 @@ impl TokenService {
             }
             RotateOutcome::Reused(family) => {
                 metrics::counter!("keyward_refresh_reuse_total").increment(1);
-                tracing::warn!(target: AUDIT, event = "refresh_token_reused", user_id = %family.user_id, sid = %family.id);
+                tracing::warn!(target: AUDIT, event = "refresh_token_reused", user_id = %family.user_id, sid = %family.id, ip = %show_ip(ip));
                 Err(TokenError::InvalidGrant)
             }
             RotateOutcome::Invalid => Err(TokenError::InvalidGrant),
@@ -401,33 +495,68 @@ impl TokenService {
         Ok(claims)
     }
 
-    /// RFC 7009: revoke a refresh token (its family, and so every access token issued from it)
-    /// or an access token (its `jti`, until it expires). Unknown tokens are ignored.
-    pub async fn revoke(&self, token: &str) -> Result<(), StoreError> {
+    /// RFC 7009: revoke a refresh token (its family, and so every access token issued from it;
+    /// any token of the family, also one already rotated away) or an access token (its `jti`,
+    /// until it expires). Unknown tokens are ignored, but count against the caller's address.
+    pub async fn revoke(&self, token: &str, ip: Option<IpAddr>) -> Result<(), TokenError> {
+        self.admitted(ip)?;
         let now = self.now();
         if let Some(refresh) = SessionToken::parse(token) {
-            if let Some(family) = self.tokens.family_of(&refresh.hash(), now).await? {
-                self.tokens.revoke_family(family.id, now).await?;
-                tracing::info!(target: AUDIT, event = "token_revoked", kind = "refresh_token", user_id = %family.user_id, sid = %family.id);
+            match self.tokens.revoke_by_token(&refresh.hash(), now).await? {
+                Some(family) => {
+                    tracing::info!(target: AUDIT, event = "token_revoked", kind = "refresh_token", user_id = %family.user_id, sid = %family.id, ip = %show_ip(ip));
+                }
+                None => self.auth.throttle().token_failed(ip).await,
             }
             return Ok(());
         }
         let ring = self.keyring();
-        if let Ok(claims) = jwt::verify(
+        match jwt::verify(
             &ring,
             token,
             &self.config.issuer,
             &self.config.audience,
             unix(now),
         ) {
-            let until = OffsetDateTime::from_unix_timestamp(claims.exp).unwrap_or(now);
-            self.tokens.deny(&claims.jti, until).await?;
-            tracing::info!(target: AUDIT, event = "token_revoked", kind = "access_token", user_id = %claims.sub, jti = %claims.jti);
+            Ok(claims) => {
+                let until = OffsetDateTime::from_unix_timestamp(claims.exp).unwrap_or(now);
+                self.tokens.deny(&claims.jti, until).await?;
+                tracing::info!(target: AUDIT, event = "token_revoked", kind = "access_token", user_id = %claims.sub, sid = %claims.sid, jti = %claims.jti, ip = %show_ip(ip));
+            }
+            Err(_) => self.auth.throttle().token_failed(ip).await,
         }
         Ok(())
     }
 
-    /// RFC 7662: what keyward knows of a token, `None` when it is not active.
+    /// Whether `credential` is the introspection secret (compared in constant time).
+    fn introspection_allowed(&self, credential: Option<&str>) -> bool {
+        match (&self.config.introspection_token, credential) {
+            (Some(expected), Some(given)) => expected
+                .expose_secret()
+                .as_bytes()
+                .ct_eq(given.as_bytes())
+                .into(),
+            _ => false,
+        }
+    }
+
+    /// Admit an introspection caller: it must hold the introspection secret. A wrong or
+    /// missing secret counts against the caller's address.
+    pub async fn introspection_client(
+        &self,
+        credential: Option<&str>,
+        ip: Option<IpAddr>,
+    ) -> Result<(), TokenError> {
+        self.admitted(ip)?;
+        if self.introspection_allowed(credential) {
+            return Ok(());
+        }
+        self.auth.throttle().token_failed(ip).await;
+        Err(TokenError::InvalidClient)
+    }
+
+    /// RFC 7662: what keyward knows of a token, `None` when it is not active. For callers
+    /// admitted by [`TokenService::introspection_client`].
     pub async fn introspect(&self, token: &str) -> Result<Option<Introspection>, StoreError> {
         let now = self.now();
         if let Some(refresh) = SessionToken::parse(token) {

@@ -316,7 +316,7 @@ pub async fn sessions(cmd: SessionsCommand, settings: &Settings, json: bool) -> 
                 .user_named(&user)
                 .await
                 .map_err(|e| explain(e, &user))?;
-            let n = auth.revoke_user_sessions(u.id, None).await?;
+            let n = auth.revoke_user_sessions(u.id, None, None).await?;
             if json {
                 println!("{}", json!({"revoked": n}));
             } else {
@@ -328,7 +328,7 @@ pub async fn sessions(cmd: SessionsCommand, settings: &Settings, json: bool) -> 
             let Some(sid) = SessionId::parse(&raw) else {
                 bail!("'{raw}' is not a session id")
             };
-            if !auth.revoke_session(sid, None).await? {
+            if !auth.revoke_session(sid, None, None).await? {
                 bail!("no session with id {sid}");
             }
             if json {

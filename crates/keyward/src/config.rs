@@ -4,6 +4,7 @@
 
 use clap::{Args, ValueEnum};
 use ipnet::IpNet;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -66,6 +67,57 @@ fn parse_url(s: &str) -> Result<Url, String> {
     Ok(u)
 }
 
+/// A store URL as given. `Debug` and `Display` replace its password by `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreUrl(String);
+
+/// The URL as given, password and all: for opening the store.
+impl std::ops::Deref for StoreUrl {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for StoreUrl {
+    fn from(s: &str) -> Self {
+        Self(s.trim().to_owned())
+    }
+}
+
+impl From<String> for StoreUrl {
+    fn from(s: String) -> Self {
+        s.as_str().into()
+    }
+}
+
+impl PartialEq<&str> for StoreUrl {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoreUrl({:?})", redacted(&self.0))
+    }
+}
+
+impl std::fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redacted(&self.0))
+    }
+}
+
+fn parse_store_url(s: &str) -> Result<StoreUrl, String> {
+    Ok(s.into())
+}
+
+/// A secret setting: kept in a type whose `Debug` never shows it.
+fn parse_secret(s: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(s))
+}
+
 fn parse_bool(s: &str) -> Result<bool, String> {
     match s.trim() {
         "true" => Ok(true),
@@ -120,12 +172,12 @@ pub struct SettingsArgs {
     #[arg(long, env = "KEYWARD_BIND", value_name = "ADDR", global = true)]
     pub bind: Option<SocketAddr>,
     /// Users database: sqlite://PATH or postgres://… [default: sqlite://keyward.db].
-    #[arg(long, env = "KEYWARD_DATABASE", value_name = "URL", global = true)]
-    pub database: Option<String>,
+    #[arg(long, env = "KEYWARD_DATABASE", value_name = "URL", value_parser = parse_store_url, global = true)]
+    pub database: Option<StoreUrl>,
     /// Session store: memory, sqlite://PATH, redis://…, rediss://…, redis+sentinel://…,
     /// redis+cluster://…, postgres://… [default: the --database].
-    #[arg(long, env = "KEYWARD_SESSION_STORE", value_name = "URL", global = true)]
-    pub session_store: Option<String>,
+    #[arg(long, env = "KEYWARD_SESSION_STORE", value_name = "URL", value_parser = parse_store_url, global = true)]
+    pub session_store: Option<StoreUrl>,
     /// Local session cache: none, near or replicated [default: none].
     #[arg(
         long,
@@ -180,9 +232,10 @@ pub struct SettingsArgs {
         env = "KEYWARD_INTROSPECTION_TOKEN",
         value_name = "SECRET",
         hide_env_values = true,
+        value_parser = parse_secret,
         global = true
     )]
-    pub introspection_token: Option<String>,
+    pub introspection_token: Option<SecretString>,
     /// Proxies whose X-Forwarded-For is believed (comma-separated addresses or CIDRs).
     #[arg(long, env = "KEYWARD_TRUSTED_PROXIES", value_name = "LIST", value_delimiter = ',', value_parser = parse_net, global = true)]
     pub trusted_proxies: Option<Vec<IpNet>>,
@@ -193,9 +246,34 @@ pub struct SettingsArgs {
         env = "KEYWARD_KEY_ENCRYPTION_KEY",
         value_name = "KEY",
         hide_env_values = true,
+        value_parser = parse_secret,
         global = true
     )]
-    pub key_encryption_key: Option<String>,
+    pub key_encryption_key: Option<SecretString>,
+    /// A new signing key is made once the newest is this old, by one node of a fleet; older
+    /// keys verify until their tokens expire [default: 30d].
+    #[arg(long, env = "KEYWARD_KEY_ROTATION_INTERVAL", value_name = "DUR", value_parser = parse_duration, global = true)]
+    pub key_rotation_interval: Option<Duration>,
+    /// Whether the token endpoint offers grant_type=password [default: true].
+    #[arg(long, env = "KEYWARD_PASSWORD_GRANT", value_name = "BOOL", value_parser = parse_bool, global = true)]
+    pub password_grant: Option<bool>,
+    /// Registrations allowed per client address per hour [default: 20].
+    #[arg(
+        long,
+        env = "KEYWARD_REGISTRATION_MAX_PER_ADDRESS",
+        value_name = "N",
+        global = true
+    )]
+    pub registration_max_per_address: Option<u32>,
+    /// Failed token requests (invalid refresh tokens, revocations of unknown tokens, failed
+    /// introspections) allowed per client address per 15 minutes [default: 100].
+    #[arg(
+        long,
+        env = "KEYWARD_TOKEN_MAX_FAILURES_PER_ADDRESS",
+        value_name = "N",
+        global = true
+    )]
+    pub token_max_failures_per_address: Option<u32>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "KEYWARD_LOG_FORMAT", value_name = "FORMAT", global = true)]
     pub log_format: Option<LogFormat>,
@@ -277,6 +355,10 @@ struct FileSettings {
     token_algorithm: Option<String>,
     introspection_token: Option<String>,
     key_encryption_key: Option<String>,
+    key_rotation_interval: Option<String>,
+    password_grant: Option<bool>,
+    registration_max_per_address: Option<u32>,
+    token_max_failures_per_address: Option<u32>,
     trusted_proxies: Option<StringOrList>,
     log_format: Option<String>,
     login_max_failures_per_account: Option<u32>,
@@ -313,8 +395,8 @@ impl StringOrList {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub bind: SocketAddr,
-    pub database: String,
-    pub session_store: String,
+    pub database: StoreUrl,
+    pub session_store: StoreUrl,
     pub session_cache: SessionCache,
     pub session_cache_capacity: u64,
     pub public_url: Url,
@@ -332,8 +414,12 @@ pub struct Settings {
     pub audience: String,
     pub open_registration: bool,
     pub token_algorithm: TokenAlgorithm,
-    pub introspection_token: Option<String>,
-    pub key_encryption_key: Option<String>,
+    pub introspection_token: Option<SecretString>,
+    pub key_encryption_key: Option<SecretString>,
+    pub key_rotation_interval: Duration,
+    pub password_grant: bool,
+    pub registration_max_per_address: u32,
+    pub token_max_failures_per_address: u32,
     pub trusted_proxies: Vec<IpNet>,
     pub log_format: LogFormat,
     pub login_max_failures_per_account: u32,
@@ -428,13 +514,13 @@ impl Settings {
         let database = args
             .database
             .clone()
-            .or(file.database)
+            .or(file.database.map(StoreUrl::from))
             .unwrap_or_else(|| "sqlite://keyward.db".into());
         check_store_url("database", &database, false)?;
         let session_store = args
             .session_store
             .clone()
-            .or(file.session_store)
+            .or(file.session_store.map(StoreUrl::from))
             .unwrap_or_else(|| database.clone());
         check_store_url("session-store", &session_store, true)?;
         let session_cache = match args.session_cache {
@@ -556,9 +642,12 @@ impl Settings {
         if issuer.trim().is_empty() {
             return Err(bad("issuer", "must not be empty"));
         }
-        let key_encryption_key = args.key_encryption_key.clone().or(file.key_encryption_key);
+        let key_encryption_key = args
+            .key_encryption_key
+            .clone()
+            .or(file.key_encryption_key.map(SecretString::from));
         if let Some(k) = &key_encryption_key {
-            if keyward_token::Kek::parse(k).is_none() {
+            if keyward_token::Kek::parse(k.expose_secret()).is_none() {
                 return Err(bad(
                     "key-encryption-key",
                     "must be 32 bytes in base64url (43 characters)",
@@ -585,8 +674,11 @@ impl Settings {
         let introspection_token = args
             .introspection_token
             .clone()
-            .or(file.introspection_token);
-        if introspection_token.as_deref().is_some_and(|t| t.len() < 16) {
+            .or(file.introspection_token.map(SecretString::from));
+        if introspection_token
+            .as_ref()
+            .is_some_and(|t| t.expose_secret().len() < 16)
+        {
             return Err(bad("introspection-token", "must be at least 16 characters"));
         }
         let trusted_proxies = match &args.trusted_proxies {
@@ -625,6 +717,35 @@ impl Settings {
         }
         if per_address == 0 {
             return Err(bad("login-max-failures-per-address", "must be at least 1"));
+        }
+        let key_rotation_interval = dur(
+            "key-rotation-interval",
+            args.key_rotation_interval,
+            file.key_rotation_interval.as_deref(),
+            Duration::from_secs(30 * 24 * 60 * MIN),
+        )?;
+        if key_rotation_interval <= access_token_ttl {
+            return Err(bad(
+                "key-rotation-interval",
+                "must be longer than --access-token-ttl (a key signs for at least one token lifetime)",
+            ));
+        }
+        if key_rotation_interval > Duration::from_secs(3650 * DAY) {
+            return Err(bad("key-rotation-interval", "must be at most 3650d"));
+        }
+        let registration_max_per_address = args
+            .registration_max_per_address
+            .or(file.registration_max_per_address)
+            .unwrap_or(20);
+        if registration_max_per_address == 0 {
+            return Err(bad("registration-max-per-address", "must be at least 1"));
+        }
+        let token_max_failures_per_address = args
+            .token_max_failures_per_address
+            .or(file.token_max_failures_per_address)
+            .unwrap_or(100);
+        if token_max_failures_per_address == 0 {
+            return Err(bad("token-max-failures-per-address", "must be at least 1"));
         }
         let hash_concurrency = args.hash_concurrency.or(file.hash_concurrency);
         if hash_concurrency == Some(0) {
@@ -677,6 +798,10 @@ impl Settings {
             token_algorithm,
             introspection_token,
             key_encryption_key,
+            key_rotation_interval,
+            password_grant: args.password_grant.or(file.password_grant).unwrap_or(true),
+            registration_max_per_address,
+            token_max_failures_per_address,
             trusted_proxies,
             log_format,
             login_max_failures_per_account: per_account,
@@ -869,6 +994,38 @@ mod tests {
             e.to_string().starts_with("invalid setting --store-timeout"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn debug_never_prints_a_secret() {
+        let args = SettingsArgs {
+            database: Some("postgres://kw:db-pass-4711@db.example/kw".into()),
+            session_store: Some("redis://:cache-pass-0815@cache.example".into()),
+            introspection_token: Some("introspection-secret-42".into()),
+            key_encryption_key: Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into()),
+            ..Default::default()
+        };
+        let settings = Settings::resolve(&args).unwrap();
+        for shown in [
+            format!("{args:?}"),
+            format!("{settings:?}"),
+            settings.database.to_string(),
+        ] {
+            for secret in [
+                "db-pass-4711",
+                "cache-pass-0815",
+                "introspection-secret-42",
+                "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            ] {
+                assert!(!shown.contains(secret), "{secret} in {shown}");
+            }
+        }
+        assert_eq!(
+            &*settings.database,
+            "postgres://kw:db-pass-4711@db.example/kw"
+        );
+        let tokens = crate::serve::token_config(&settings);
+        assert!(!format!("{tokens:?}").contains("introspection-secret-42"));
     }
 
     #[test]

@@ -51,6 +51,8 @@ enum Command {
 enum Failure {
     /// A setting cannot be used: exit code 2.
     Config(ConfigError),
+    /// A store cannot be reached: exit code 69 (`EX_UNAVAILABLE`).
+    Unreachable(anyhow::Error),
     /// Anything else: exit code 1.
     Other(anyhow::Error),
 }
@@ -61,10 +63,23 @@ impl From<ConfigError> for Failure {
     }
 }
 
+impl From<stores::OpenFailure> for Failure {
+    fn from(e: stores::OpenFailure) -> Self {
+        match e {
+            stores::OpenFailure::Config(c) => Self::Config(c),
+            stores::OpenFailure::Unreachable(u) => Self::Unreachable(u.into()),
+        }
+    }
+}
+
 impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Self {
-        match e.downcast::<ConfigError>() {
-            Ok(c) => Self::Config(c),
+        let e = match e.downcast::<ConfigError>() {
+            Ok(c) => return Self::Config(c),
+            Err(e) => e,
+        };
+        match e.downcast::<stores::OpenFailure>() {
+            Ok(open) => open.into(),
             Err(e) => Self::Other(e),
         }
     }
@@ -90,13 +105,21 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(2)
         }
+        Err(Failure::Unreachable(e)) => {
+            print_chain(&e);
+            ExitCode::from(69)
+        }
         Err(Failure::Other(e)) => {
-            eprintln!("error: {e}");
-            for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
+            print_chain(&e);
             ExitCode::from(1)
         }
+    }
+}
+
+fn print_chain(e: &anyhow::Error) {
+    eprintln!("error: {e}");
+    for cause in e.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
     }
 }
 

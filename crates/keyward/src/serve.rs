@@ -4,7 +4,7 @@ use crate::config::{LogFormat, Settings, TokenAlgorithm};
 use crate::stores;
 use anyhow::Context;
 use keyward_core::{
-    AuthConfig, AuthService, PasswordHasher, SharedClock, SystemClock, ThrottleConfig,
+    AuthConfig, AuthService, DeviceKey, PasswordHasher, SharedClock, SystemClock, ThrottleConfig,
 };
 use keyward_http::{HttpConfig, Keyward};
 use keyward_token::{SigningAlg, TokenConfig, TokenService};
@@ -41,6 +41,8 @@ pub fn auth_config(settings: &Settings) -> AuthConfig {
             per_account: settings.login_max_failures_per_account,
             per_address: settings.login_max_failures_per_address,
             window: dur(settings.login_failure_window),
+            registrations_per_address: settings.registration_max_per_address,
+            token_failures_per_address: settings.token_max_failures_per_address,
         },
     }
 }
@@ -58,6 +60,9 @@ pub fn token_config(settings: &Settings) -> TokenConfig {
             TokenAlgorithm::ES256 => SigningAlg::ES256,
             TokenAlgorithm::RS256 => SigningAlg::RS256,
         },
+        password_grant: settings.password_grant,
+        key_rotation_interval: dur(settings.key_rotation_interval),
+        introspection_token: settings.introspection_token.clone(),
     }
 }
 
@@ -91,7 +96,9 @@ pub async fn serve(mut settings: Settings) -> anyhow::Result<()> {
         clock,
         auth_config(&settings),
     )
-    .with_token_store(stores.tokens.clone());
+    .with_token_store(stores.tokens.clone())
+    // Device cookies verify on every node that shares the KEK, and across restarts.
+    .with_device_key(DeviceKey::new(kek.derive(b"keyward device cookies v1")));
     if let Some(log) = stores.failure_log {
         // Beside shared sessions, failed logins are counted fleet-wide.
         auth = auth.with_failure_log(log);
@@ -112,7 +119,6 @@ pub async fn serve(mut settings: Settings) -> anyhow::Result<()> {
         public_url: settings.public_url.clone(),
         allowed_origins: settings.allowed_origins.clone(),
         trusted_proxies: settings.trusted_proxies.clone(),
-        introspection_token: settings.introspection_token.clone(),
     };
     let kw = Keyward::new(auth, Some(tokens), http);
     tracing::info!(%addr, public_url = %settings.public_url, issuer = %settings.issuer, database = %crate::config::redacted(&settings.database), session_store = %crate::config::redacted(&settings.session_store), "keyward listening");
@@ -147,6 +153,12 @@ pub async fn serve(mut settings: Settings) -> anyhow::Result<()> {
                     if let Err(e) = t.purge().await {
                         tracing::warn!(error = %e, "purging expired tokens failed");
                     }
+                }
+                // A new key on schedule (made by one node; the others pick it up here).
+                match t.rotate_if_due().await {
+                    Ok(Some(kid)) => tracing::info!(%kid, "signing key rotated on schedule"),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "rotating the signing key failed"),
                 }
                 if let Err(e) = t.reload_keys().await {
                     tracing::warn!(error = %e, "reloading signing keys failed");

@@ -32,12 +32,53 @@ fn open_error(setting: &str, e: impl std::fmt::Display) -> ConfigError {
     }
 }
 
+/// A store that the settings name well but that cannot be reached: the process exits with
+/// its own code (69, `EX_UNAVAILABLE`), not as an invalid setting.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach the store of --{setting} ({url})")]
+pub struct Unreachable {
+    /// The setting that names the store.
+    pub setting: &'static str,
+    /// Its URL, password redacted.
+    pub url: String,
+    /// Why.
+    #[source]
+    pub cause: keyward_sql::OpenError,
+}
+
+/// Why opening the stores failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenFailure {
+    /// A setting cannot be used.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A store cannot be reached.
+    #[error(transparent)]
+    Unreachable(#[from] Unreachable),
+}
+
+/// Sort an SQL store's opening error: an unusable URL or file is the setting's fault; a
+/// server that does not answer, or a schema that cannot be brought up to date, is not.
+fn sql_failure(setting: &'static str, url: &str, e: keyward_sql::OpenError) -> OpenFailure {
+    match e {
+        keyward_sql::OpenError::Url(_) | keyward_sql::OpenError::Create(_) => {
+            open_error(setting, e).into()
+        }
+        cause => Unreachable {
+            setting,
+            url: crate::config::redacted(url),
+            cause,
+        }
+        .into(),
+    }
+}
+
 fn is_postgres(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 /// Open (and migrate) the users database and the session store.
-pub async fn open(settings: &Settings) -> Result<Stores, ConfigError> {
+pub async fn open(settings: &Settings) -> Result<Stores, OpenFailure> {
     // Where failed logins are counted when a fleet shares it: the session store, if it is
     // PostgreSQL or Redis; otherwise each process counts its own.
     let mut failure_log: Option<DynFailureLog> = None;
@@ -46,7 +87,7 @@ pub async fn open(settings: &Settings) -> Result<Stores, ConfigError> {
             let db = Arc::new(
                 PostgresStore::open(&settings.database)
                     .await
-                    .map_err(|e| open_error("database", e))?,
+                    .map_err(|e| sql_failure("database", &settings.database, e))?,
             );
             if settings.session_store == settings.database {
                 failure_log = Some(db.clone());
@@ -56,7 +97,7 @@ pub async fn open(settings: &Settings) -> Result<Stores, ConfigError> {
             let db = Arc::new(
                 SqliteStore::open(&settings.database)
                     .await
-                    .map_err(|e| open_error("database", e))?,
+                    .map_err(|e| sql_failure("database", &settings.database, e))?,
             );
             (db.clone(), db.clone(), (db.clone(), db))
         };
@@ -69,14 +110,14 @@ pub async fn open(settings: &Settings) -> Result<Stores, ConfigError> {
         } else if keyward_redis::is_redis_url(&settings.session_store) {
             let options = RedisOptions {
                 idle_timeout: time::Duration::try_from(settings.idle_timeout)
-                    .map_err(|e| open_error("idle-timeout", e))?,
+                    .map_err(|e| OpenFailure::Config(open_error("idle-timeout", e)))?,
                 timeout: settings.store_timeout,
                 wait_replicas: settings.redis_wait_replicas,
                 wait_timeout: (settings.store_timeout / 2).min(std::time::Duration::from_secs(1)),
             };
             let s = RedisStore::connect(&settings.session_store, options)
                 .await
-                .map_err(|e| open_error("session-store", e))?;
+                .map_err(|e| OpenFailure::Config(open_error("session-store", e)))?;
             let mode = match settings.session_cache {
                 SessionCache::None => None,
                 SessionCache::Near => Some(CacheMode::Near(settings.session_cache_capacity)),
@@ -87,7 +128,7 @@ pub async fn open(settings: &Settings) -> Result<Stores, ConfigError> {
                 Some(mode) => {
                     let cached = CachedSessions::start(s.clone(), mode)
                         .await
-                        .map_err(|e| open_error("session-cache", e))?;
+                        .map_err(|e| OpenFailure::Config(open_error("session-cache", e)))?;
                     (cached.clone(), cached)
                 }
                 None => (Arc::new(s.clone()), Arc::new(s.clone())),
@@ -98,7 +139,7 @@ pub async fn open(settings: &Settings) -> Result<Stores, ConfigError> {
             let s = Arc::new(
                 PostgresStore::open(&settings.session_store)
                     .await
-                    .map_err(|e| open_error("session-store", e))?,
+                    .map_err(|e| sql_failure("session-store", &settings.session_store, e))?,
             );
             failure_log = Some(s.clone());
             (s.clone(), s)
@@ -106,7 +147,7 @@ pub async fn open(settings: &Settings) -> Result<Stores, ConfigError> {
             let s = Arc::new(
                 SqliteStore::open(&settings.session_store)
                     .await
-                    .map_err(|e| open_error("session-store", e))?,
+                    .map_err(|e| sql_failure("session-store", &settings.session_store, e))?,
             );
             (s.clone(), s)
         };
@@ -128,7 +169,7 @@ pub fn key_encryption_key(settings: &Settings) -> Result<Kek, ConfigError> {
         message: m,
     };
     if let Some(text) = &settings.key_encryption_key {
-        return Kek::parse(text)
+        return Kek::parse(secrecy::ExposeSecret::expose_secret(text))
             .ok_or_else(|| bad("must be 32 bytes in base64url (43 characters)".into()));
     }
     let Some(db) = keyward_sql::sqlite_file(&settings.database) else {

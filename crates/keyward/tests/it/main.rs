@@ -15,6 +15,7 @@ mod crosssite;
 mod example;
 mod expiry;
 mod fleet;
+mod hardening;
 mod process;
 mod redis;
 mod throttle;
@@ -35,6 +36,8 @@ keyward_testkit::session_store_conformance!(
 keyward_testkit::token_store_conformance!(postgres_token_store, keyward_testkit::postgres_tokens);
 keyward_testkit::user_store_conformance!(postgres_user_store, keyward_testkit::postgres_users);
 keyward_testkit::user_store_conformance!(sqlite_user_store, keyward_testkit::sqlite_users);
+keyward_testkit::key_store_conformance!(sqlite_key_store, keyward_testkit::sqlite_keys);
+keyward_testkit::key_store_conformance!(postgres_key_store, keyward_testkit::postgres_keys);
 keyward_testkit::session_store_conformance!(redis_session_store, keyward_testkit::redis_sessions);
 keyward_testkit::token_store_conformance!(redis_token_store, keyward_testkit::redis_tokens);
 keyward_testkit::token_store_conformance!(

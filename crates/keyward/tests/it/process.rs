@@ -177,6 +177,10 @@ async fn serve_help_lists_every_setting() {
         "--trusted-proxies",
         "--log-format",
         "--config",
+        "--key-rotation-interval",
+        "--password-grant",
+        "--registration-max-per-address",
+        "--token-max-failures-per-address",
         "KEYWARD_IDLE_TIMEOUT",
     ] {
         assert!(help.contains(flag), "{flag} missing from serve --help");
@@ -253,6 +257,26 @@ async fn invalid_settings_exit_2_with_a_line_naming_the_setting() {
             "absolute-timeout",
         ),
         (vec!["serve", "--config", "missing.toml"], vec![], "config"),
+        (
+            vec!["serve", "--key-rotation-interval", "10m"],
+            vec![],
+            "key-rotation-interval",
+        ),
+        (
+            vec!["serve", "--password-grant", "maybe"],
+            vec![],
+            "password-grant",
+        ),
+        (
+            vec!["serve"],
+            vec![("KEYWARD_REGISTRATION_MAX_PER_ADDRESS", "0")],
+            "registration-max-per-address",
+        ),
+        (
+            vec!["serve", "--token-max-failures-per-address", "many"],
+            vec![],
+            "token-max-failures-per-address",
+        ),
         (
             vec![
                 "serve",
@@ -517,6 +541,25 @@ async fn logs_have_audit_events_and_never_a_secret() {
     ] {
         assert!(logs.contains(event), "audit event {event} missing");
     }
+    // Every security event names the user, the session or family, and the client address.
+    let events: Vec<Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "keyward::audit")
+        .collect();
+    for (event, id_field) in [
+        ("login_ok", "session_id"),
+        ("password_changed", "session_id"),
+        ("logout", "session_id"),
+    ] {
+        let e = events
+            .iter()
+            .find(|v| v["event"] == event)
+            .unwrap_or_else(|| panic!("no {event}"));
+        assert_eq!(e["ip"], "127.0.0.1", "{event}: {e}");
+        assert!(e["user_id"].is_string(), "{event}: {e}");
+        assert!(e[id_field].is_string(), "{event}: {e}");
+    }
     for secret in [
         secret_pw,
         new_pw,
@@ -527,6 +570,148 @@ async fn logs_have_audit_events_and_never_a_secret() {
         assert!(!logs.contains(secret), "a secret reached the logs");
     }
     s.stop().await;
+}
+
+#[tokio::test]
+async fn token_events_name_user_family_and_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start(dir.path(), &[]).await;
+    let c = client();
+    register_and_login(&s.base, "rita", PW).await;
+    let grant: Value = c
+        .post(s.url("/v1/token"))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", "rita"),
+            ("password", PW),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r0 = grant["refresh_token"].as_str().unwrap();
+    let next: Value = c
+        .post(s.url("/v1/token"))
+        .form(&[("grant_type", "refresh_token"), ("refresh_token", r0)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r1 = next["refresh_token"].as_str().unwrap();
+    let access = next["access_token"].as_str().unwrap();
+    for token in [access, r1] {
+        let res = c
+            .post(s.url("/v1/token/revoke"))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    let logs = s.wait_for_log("\"kind\":\"refresh_token\"").await;
+    let events: Vec<Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "keyward::audit")
+        .collect();
+    let find = |event: &str, kind: Option<&str>| {
+        events
+            .iter()
+            .find(|v| v["event"] == event && kind.is_none_or(|k| v["kind"] == k))
+            .unwrap_or_else(|| panic!("no {event} {kind:?} in {logs}"))
+            .clone()
+    };
+    for e in [
+        find("token_granted", None),
+        find("token_refreshed", None),
+        find("token_revoked", Some("access_token")),
+        find("token_revoked", Some("refresh_token")),
+    ] {
+        assert_eq!(e["ip"], "127.0.0.1", "{e}");
+        assert!(e["user_id"].is_string(), "{e}");
+        assert!(e["sid"].is_string(), "{e}");
+    }
+    for secret in [r0, r1, access] {
+        assert!(!logs.contains(secret), "a token reached the logs");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_database_exits_69_not_as_an_invalid_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on port 1 of the loopback address: the connection is refused.
+    let kek = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let out = Command::new(BIN)
+        .args([
+            "migrate",
+            "--database",
+            "postgres://kw:hunter2-secret@127.0.0.1:1/keyward",
+            "--key-encryption-key",
+            kek,
+        ])
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    let first = err.lines().next().unwrap_or_default();
+    assert_eq!(
+        first,
+        "error: cannot reach the store of --database (postgres://kw:***@127.0.0.1:1/keyward)"
+    );
+    assert!(err.contains("caused by"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    assert!(!err.contains("invalid setting"), "{err}");
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn files_keyward_creates_are_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mode = |name: &str| {
+        std::fs::metadata(dir.path().join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let script = format!("umask 022; exec {BIN} serve --bind 127.0.0.1:0 --log-format json");
+    let mut child = Command::new("sh")
+        .args(["-c", &script])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next_line().await.unwrap().expect("keyward exited");
+        if let Ok(v) = serde_json::from_str::<Value>(&line) {
+            if v["message"] == "keyward listening" {
+                break v["addr"].as_str().unwrap().to_owned();
+            }
+        }
+    };
+    // A write, so the WAL and its index exist.
+    register_and_login(&format!("http://{addr}"), "sam", PW).await;
+    for name in [
+        "keyward.db",
+        "keyward.db-wal",
+        "keyward.db-shm",
+        "keyward.db.kek",
+    ] {
+        assert_eq!(mode(name), 0o600, "{name}");
+    }
+    child.kill().await.unwrap();
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@ fn opts(per_account: u32, per_address: u32) -> AppOptions {
                 per_account,
                 per_address,
                 window: Duration::minutes(15),
+                ..Default::default()
             },
             ..Default::default()
         },

@@ -10,7 +10,7 @@ use time::Duration;
 
 const PW: &str = "correct-horse-battery";
 
-async fn grant(app: &TestApp, user: &str, pw: &str) -> reqwest::Response {
+pub(crate) async fn grant(app: &TestApp, user: &str, pw: &str) -> reqwest::Response {
     app.client
         .post(app.url("/v1/token"))
         .form(&[
@@ -24,7 +24,12 @@ async fn grant(app: &TestApp, user: &str, pw: &str) -> reqwest::Response {
 }
 
 async fn pair(app: &TestApp, user: &str) -> (String, String) {
-    let res = grant(app, user, PW).await;
+    pair_with(app, user, PW).await
+}
+
+/// A password grant that must succeed: `(access_token, refresh_token)`.
+pub(crate) async fn pair_with(app: &TestApp, user: &str, pw: &str) -> (String, String) {
+    let res = grant(app, user, pw).await;
     assert_eq!(res.status(), 200);
     let v: Value = res.json().await.unwrap();
     (
@@ -33,7 +38,7 @@ async fn pair(app: &TestApp, user: &str) -> (String, String) {
     )
 }
 
-async fn refresh(app: &TestApp, token: &str) -> reqwest::Response {
+pub(crate) async fn refresh(app: &TestApp, token: &str) -> reqwest::Response {
     app.client
         .post(app.url("/v1/token"))
         .form(&[("grant_type", "refresh_token"), ("refresh_token", token)])
@@ -42,7 +47,7 @@ async fn refresh(app: &TestApp, token: &str) -> reqwest::Response {
         .unwrap()
 }
 
-async fn me(app: &TestApp, access: &str) -> u16 {
+pub(crate) async fn me(app: &TestApp, access: &str) -> u16 {
     app.client
         .get(app.url("/v1/me"))
         .bearer_auth(access)
@@ -122,16 +127,20 @@ async fn password_grant_issues_a_pair_and_bearer_works() {
     assert_eq!(res.headers()["x-keyward-username"], "tina");
     // The refresh token is not an access token.
     assert_eq!(me(&app, refresh_token).await, 401);
-    // Bearer requests are exempt from the cross-site rule.
+    // Bearer requests are exempt from the cross-site rule: a bearer caller changes its
+    // password with a foreign Origin (and so ends its own tokens).
     let res = app
         .client
-        .delete(app.url("/v1/sessions"))
+        .put(app.url("/v1/users/me/password"))
         .bearer_auth(access)
         .header("origin", "https://evil.example")
+        .header("sec-fetch-site", "cross-site")
+        .json(&json!({"current_password": PW, "new_password": "a-brand-new-password"}))
         .send()
         .await
         .unwrap();
-    assert_ne!(res.status(), 403);
+    assert_eq!(res.status(), 204);
+    assert_eq!(me(&app, access).await, 401);
 }
 
 #[tokio::test]
@@ -718,6 +727,60 @@ async fn es256_zero_signature_is_refused() {
     assert_eq!(me(&app, &access).await, 200);
 }
 
+async fn jwks_kids(app: &TestApp) -> Vec<String> {
+    let jwks: Value = app
+        .client
+        .get(app.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn signing_keys_rotate_on_schedule() {
+    let app = spawn_app_with(AppOptions {
+        key_rotation_interval: Duration::days(1),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(app.register("sue", PW).await.status(), 201);
+    let first = jwks_kids(&app).await;
+    assert_eq!(first.len(), 1);
+    app.clock
+        .advance(Duration::hours(24) - Duration::minutes(1));
+    assert_eq!(
+        app.tokens.rotate_if_due().await.unwrap(),
+        None,
+        "not due yet"
+    );
+    let (before, _) = pair(&app, "sue").await;
+    app.clock.advance(Duration::minutes(1));
+    let kid = app.tokens.rotate_if_due().await.unwrap().expect("due");
+    assert_eq!(
+        app.tokens.rotate_if_due().await.unwrap(),
+        None,
+        "once per interval"
+    );
+    assert_eq!(jwks_kids(&app).await, vec![first[0].clone(), kid.clone()]);
+    // Tokens of the old key still verify; new ones are signed by the new key.
+    assert_eq!(me(&app, &before).await, 200);
+    let (after, _) = pair(&app, "sue").await;
+    assert_eq!(parts(&after).0["kid"], kid.as_str());
+    // The old key retires once no token it signed can be alive.
+    app.clock.advance(Duration::minutes(15));
+    app.tokens.reload_keys().await.unwrap();
+    assert_eq!(jwks_kids(&app).await, vec![kid]);
+}
+
 #[tokio::test]
 async fn key_rotation_keeps_old_tokens_until_they_expire_then_retires_the_key() {
     let app = spawn_app().await;
@@ -741,42 +804,13 @@ async fn key_rotation_keeps_old_tokens_until_they_expire_then_retires_the_key() 
         200,
         "old tokens verify after a rotation"
     );
-    let jwks: Value = app
-        .client
-        .get(app.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let kids: Vec<&str> = jwks["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["kid"].as_str().unwrap())
-        .collect();
-    assert!(kids.contains(&old_kid.as_str()) && kids.contains(&new_kid.as_str()));
+    let kids = jwks_kids(&app).await;
+    assert!(kids.contains(&old_kid) && kids.contains(&new_kid));
 
     // Past every token's lifetime, the old key retires: out of JWKS and refused.
     app.clock.advance(Duration::minutes(16));
     app.tokens.reload_keys().await.unwrap();
-    let jwks: Value = app
-        .client
-        .get(app.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let kids: Vec<&str> = jwks["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["kid"].as_str().unwrap())
-        .collect();
-    assert_eq!(kids, vec![new_kid.as_str()]);
+    assert_eq!(jwks_kids(&app).await, vec![new_kid]);
     assert_eq!(
         me(&app, &long_token).await,
         401,
