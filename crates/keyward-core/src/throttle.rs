@@ -44,8 +44,14 @@ impl Default for ThrottleConfig {
     }
 }
 
-/// Where failed logins are counted. The in-memory log counts what one process sees; a shared
-/// log (Redis) makes every node of a fleet count the same failures.
+/// Where failures are counted. The in-memory log counts what one process sees; a shared log
+/// (the SQL database, Redis) makes every node of a fleet count the same failures and see the
+/// same attempts in progress, so N nodes allow no more than one.
+///
+/// Besides failures, a log keeps *reservations*: an attempt admitted and not yet decided
+/// counts against the limit, so a burst of concurrent guesses, spread over any number of
+/// nodes, cannot all slip in before the first failure is recorded. A reservation that is never
+/// settled (its process died) stops counting after [`RESERVATION_TTL`].
 #[async_trait]
 pub trait FailureLog: Send + Sync + 'static {
     /// The times of `key`'s failures after `since`, oldest first.
@@ -60,8 +66,47 @@ pub trait FailureLog: Send + Sync + 'static {
         keep: usize,
         window: Duration,
     ) -> StoreResult<()>;
-    /// Forget `key`'s failures.
+    /// Forget `key`'s failures (its reservations stay).
     async fn forget(&self, key: &str) -> StoreResult<()>;
+    /// Atomically: count `key`'s failures after `since` and its reservations made after
+    /// `now - RESERVATION_TTL`; while they are fewer than `limit`, add the reservation
+    /// `attempt` (at `now`) and admit it, else refuse it and say what filled the limit.
+    async fn reserve(
+        &self,
+        key: &str,
+        attempt: &str,
+        now: OffsetDateTime,
+        since: OffsetDateTime,
+        limit: usize,
+    ) -> StoreResult<Reservation>;
+    /// End the reservation `attempt`: when `failed`, it becomes a failure at `now` (keeping
+    /// only the failures after `since`, the newest `keep` of them); otherwise it is dropped.
+    async fn settle(
+        &self,
+        key: &str,
+        attempt: &str,
+        failed: bool,
+        now: OffsetDateTime,
+        since: OffsetDateTime,
+        keep: usize,
+    ) -> StoreResult<()>;
+}
+
+/// How long a reservation counts if it is never settled.
+pub const RESERVATION_TTL: Duration = Duration::seconds(60);
+
+/// What [`FailureLog::reserve`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reservation {
+    /// The attempt may go ahead; its reservation counts until settled.
+    Admitted,
+    /// The limit is full: these failures (oldest first) and this many reservations fill it.
+    Full {
+        /// The failures inside the window.
+        failures: Vec<OffsetDateTime>,
+        /// Attempts in progress.
+        pending: usize,
+    },
 }
 
 /// Shared handle to a failure log.
@@ -70,19 +115,46 @@ pub type DynFailureLog = Arc<dyn FailureLog>;
 /// Above this many tracked keys, stale ones are swept on the next failure.
 const SWEEP_ABOVE: usize = 10_000;
 
+#[derive(Default)]
+struct Entry {
+    failures: VecDeque<OffsetDateTime>,
+    pending: HashMap<String, OffsetDateTime>,
+}
+
+impl Entry {
+    fn fail(&mut self, now: OffsetDateTime, since: OffsetDateTime, keep: usize) {
+        while self.failures.front().is_some_and(|t| *t <= since)
+            || self.failures.len() >= keep.max(1)
+        {
+            self.failures.pop_front();
+        }
+        self.failures.push_back(now);
+    }
+
+    fn stale(&self, since: OffsetDateTime) -> bool {
+        self.pending.is_empty() && self.failures.back().is_none_or(|t| *t <= since)
+    }
+}
+
 /// Failures counted in this process's memory.
 #[derive(Default)]
 pub struct MemoryFailureLog {
-    map: Mutex<HashMap<String, VecDeque<OffsetDateTime>>>,
+    map: Mutex<HashMap<String, Entry>>,
+}
+
+impl MemoryFailureLog {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 #[async_trait]
 impl FailureLog for MemoryFailureLog {
     async fn failures(&self, key: &str, since: OffsetDateTime) -> StoreResult<Vec<OffsetDateTime>> {
-        let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        Ok(map
+        Ok(self
+            .lock()
             .get(key)
-            .map(|q| q.iter().copied().filter(|t| *t > since).collect())
+            .map(|e| e.failures.iter().copied().filter(|t| *t > since).collect())
             .unwrap_or_default())
     }
 
@@ -94,23 +166,68 @@ impl FailureLog for MemoryFailureLog {
         keep: usize,
         _window: Duration,
     ) -> StoreResult<()> {
-        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self.lock();
         if map.len() > SWEEP_ABOVE {
-            map.retain(|_, q| q.back().is_some_and(|t| *t > since));
+            map.retain(|_, e| !e.stale(since));
         }
-        let q = map.entry(key.to_owned()).or_default();
-        while q.front().is_some_and(|t| *t <= since) || q.len() >= keep.max(1) {
-            q.pop_front();
-        }
-        q.push_back(now);
+        map.entry(key.to_owned())
+            .or_default()
+            .fail(now, since, keep);
         Ok(())
     }
 
     async fn forget(&self, key: &str) -> StoreResult<()> {
-        self.map
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(key);
+        let mut map = self.lock();
+        if let Some(e) = map.get_mut(key) {
+            e.failures.clear();
+            if e.pending.is_empty() {
+                map.remove(key);
+            }
+        }
+        Ok(())
+    }
+
+    async fn reserve(
+        &self,
+        key: &str,
+        attempt: &str,
+        now: OffsetDateTime,
+        since: OffsetDateTime,
+        limit: usize,
+    ) -> StoreResult<Reservation> {
+        let mut map = self.lock();
+        if map.len() > SWEEP_ABOVE {
+            map.retain(|_, e| !e.stale(since));
+        }
+        let e = map.entry(key.to_owned()).or_default();
+        e.pending.retain(|_, at| *at > now - RESERVATION_TTL);
+        let failures: Vec<OffsetDateTime> =
+            e.failures.iter().copied().filter(|t| *t > since).collect();
+        if failures.len() + e.pending.len() >= limit {
+            return Ok(Reservation::Full {
+                failures,
+                pending: e.pending.len(),
+            });
+        }
+        e.pending.insert(attempt.to_owned(), now);
+        Ok(Reservation::Admitted)
+    }
+
+    async fn settle(
+        &self,
+        key: &str,
+        attempt: &str,
+        failed: bool,
+        now: OffsetDateTime,
+        since: OffsetDateTime,
+        keep: usize,
+    ) -> StoreResult<()> {
+        let mut map = self.lock();
+        let e = map.entry(key.to_owned()).or_default();
+        e.pending.remove(attempt);
+        if failed {
+            e.fail(now, since, keep);
+        }
         Ok(())
     }
 }
@@ -159,46 +276,55 @@ pub struct Throttle {
     clock: SharedClock,
     config: ThrottleConfig,
     log: DynFailureLog,
-    /// Sign-in attempts that passed the check and are still being verified, in this process:
-    /// they count against the limit too, so a burst of concurrent guesses cannot all slip in
-    /// before the first failure is recorded.
-    in_flight: Mutex<HashMap<String, usize>>,
     /// Addresses this process found over their token-failure limit, and until when: checked in
     /// memory before a token request, so valid traffic costs no store read.
     blocked: Mutex<HashMap<String, OffsetDateTime>>,
 }
 
-/// A sign-in attempt admitted by [`Throttle::begin`]. Say how it ended with
-/// [`Attempt::failed`] or [`Attempt::succeeded`]; dropping it otherwise (an error, a
-/// cancelled request) just releases its place.
+/// A sign-in attempt admitted by [`Throttle::begin`]: a reservation in each of its buckets.
+/// Say how it ended with [`Attempt::failed`] or [`Attempt::succeeded`]; dropping it otherwise
+/// (an error, a cancelled request) releases its reservations.
 #[must_use]
-pub struct Attempt<'a> {
-    throttle: &'a Throttle,
+pub struct Attempt {
+    clock: SharedClock,
+    log: DynFailureLog,
+    id: String,
     buckets: Vec<Bucket>,
+    settled: bool,
 }
 
-impl Attempt<'_> {
+impl Attempt {
+    async fn settle(mut self, failed: bool) {
+        self.settled = true;
+        let now = self.clock.now();
+        for b in &self.buckets {
+            let since = now - b.window;
+            if let Err(e) = self
+                .log
+                .settle(&b.key, &self.id, failed, now, since, b.limit)
+                .await
+            {
+                tracing::warn!(error = %e, "a sign-in attempt could not be settled");
+            }
+        }
+    }
+
     /// The credentials were wrong: count a failure in every bucket of the attempt (the
     /// account and the address, or the known device alone).
     pub async fn failed(self) {
-        let t = self.throttle;
-        let now = t.clock.now();
-        for b in &self.buckets {
-            if let Err(e) = t
-                .log
-                .record(&b.key, now, now - b.window, b.limit, b.window)
-                .await
-            {
-                tracing::warn!(error = %e, "a failed sign-in could not be counted");
-            }
-        }
+        self.settle(true).await;
     }
 
     /// The credentials were right: forget the failures of the account (or of the known
     /// device); the address's stay.
     pub async fn succeeded(self) {
-        if let Some(first) = self.buckets.first() {
-            if let Err(e) = self.throttle.log.forget(&first.key).await {
+        let (log, first) = (
+            self.log.clone(),
+            self.buckets.first().map(|b| b.key.clone()),
+        );
+        self.settle(false).await;
+        if let Some(first) = first {
+            if let Err(e) = log.forget(&first).await {
                 tracing::warn!(error = %e, "failed sign-ins could not be reset");
             }
         }
@@ -212,20 +338,35 @@ impl Attempt<'_> {
     }
 }
 
-impl Drop for Attempt<'_> {
+impl Drop for Attempt {
     fn drop(&mut self) {
-        let mut flying = self
-            .throttle
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for b in &self.buckets {
-            if let Some(n) = flying.get_mut(&b.key) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    flying.remove(&b.key);
-                }
-            }
+        if self.settled {
+            return;
+        }
+        // Released in the background (a drop cannot wait); until then, or if the process
+        // dies first, the reservation counts for at most RESERVATION_TTL.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (log, id, buckets, now) = (
+            self.log.clone(),
+            std::mem::take(&mut self.id),
+            std::mem::take(&mut self.buckets),
+            self.clock.now(),
+        );
+        runtime.spawn(async move {
+            release(&*log, &id, &buckets, now).await;
+        });
+    }
+}
+
+async fn release(log: &dyn FailureLog, id: &str, buckets: &[Bucket], now: OffsetDateTime) {
+    for b in buckets {
+        if let Err(e) = log
+            .settle(&b.key, id, false, now, now - b.window, b.limit)
+            .await
+        {
+            tracing::debug!(error = %e, "a reservation could not be released; it lapses by itself");
         }
     }
 }
@@ -257,7 +398,6 @@ impl Throttle {
             clock,
             config,
             log,
-            in_flight: Mutex::new(HashMap::new()),
             blocked: Mutex::new(HashMap::new()),
         }
     }
@@ -288,15 +428,20 @@ impl Throttle {
     }
 
     /// How long `b` must wait (zero when under its limit), given its `recent` failures and
-    /// counting `extra` attempts in progress as if they had failed now.
-    fn wait(b: &Bucket, recent: &[OffsetDateTime], extra: usize, now: OffsetDateTime) -> Duration {
+    /// `pending` attempts in progress.
+    fn wait(
+        b: &Bucket,
+        recent: &[OffsetDateTime],
+        pending: usize,
+        now: OffsetDateTime,
+    ) -> Duration {
         if recent.len() >= b.limit {
             // Free again when enough of the recent failures have left the window.
             recent
                 .get(recent.len() - b.limit)
                 .map_or(Duration::ZERO, |t| *t + b.window - now)
-        } else if recent.len() + extra >= b.limit {
-            // Only attempts in progress fill the limit: free as soon as one of them ends.
+        } else if recent.len() + pending >= b.limit {
+            // Attempts in progress fill the limit: free as soon as one of them ends.
             Duration::seconds(1)
         } else {
             Duration::ZERO
@@ -314,69 +459,60 @@ impl Throttle {
             .map_err(Refused::Store)
     }
 
-    /// Admit an attempt counted in these buckets (zero), or say how long it must wait.
-    fn admit(
-        &self,
-        buckets: &[Bucket],
-        recent: &[Vec<OffsetDateTime>],
-        now: OffsetDateTime,
-    ) -> Duration {
-        let mut flying = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let wait = buckets
-            .iter()
-            .zip(recent)
-            .map(|(b, r)| Self::wait(b, r, flying.get(&b.key).copied().unwrap_or(0), now))
-            .max()
-            .unwrap_or(Duration::ZERO);
-        if wait == Duration::ZERO {
-            for b in buckets {
-                *flying.entry(b.key.clone()).or_default() += 1;
-            }
+    /// Reserve a place in every bucket (in order), or release what was reserved and say how
+    /// long to wait.
+    async fn admit(&self, buckets: Vec<Bucket>, now: OffsetDateTime) -> Result<Attempt, Refused> {
+        let id = crate::ids::SessionId::new().to_string();
+        for (i, b) in buckets.iter().enumerate() {
+            let reserved = self
+                .log
+                .reserve(&b.key, &id, now, now - b.window, b.limit)
+                .await;
+            let wait = match reserved {
+                Ok(Reservation::Admitted) => continue,
+                Ok(Reservation::Full { failures, pending }) => {
+                    Self::wait(b, &failures, pending, now).max(Duration::seconds(1))
+                }
+                Err(e) => {
+                    release(&*self.log, &id, buckets.get(..i).unwrap_or_default(), now).await;
+                    return Err(Refused::Store(e));
+                }
+            };
+            release(&*self.log, &id, buckets.get(..i).unwrap_or_default(), now).await;
+            return Err(Refused::Throttled(wait));
         }
-        wait
+        Ok(Attempt {
+            clock: self.clock.clone(),
+            log: self.log.clone(),
+            id,
+            buckets,
+            settled: false,
+        })
     }
 
     /// Admit a sign-in attempt. With a valid device cookie of the account (`device`), the
     /// attempt is judged by that device's failures alone, unless the device is itself over the
-    /// limit; otherwise by the account's and the address's failures, counting this process's
-    /// attempts still in progress.
+    /// limit; otherwise by the account's and the address's failures. Attempts in progress on
+    /// any node sharing the log count too.
     pub async fn begin(
         &self,
         account: &str,
         address: Option<IpAddr>,
         device: Option<&DeviceId>,
-    ) -> Result<Attempt<'_>, Refused> {
+    ) -> Result<Attempt, Refused> {
         let now = self.clock.now();
         if let Some(device) = device {
-            let b = self.device(device);
-            let recent = self.recent(&b, now).await?;
-            let buckets = vec![b];
-            if self.admit(&buckets, &[recent], now) == Duration::ZERO {
-                return Ok(Attempt {
-                    throttle: self,
-                    buckets,
-                });
+            match self.admit(vec![self.device(device)], now).await {
+                Ok(a) => return Ok(a),
+                Err(Refused::Store(e)) => return Err(Refused::Store(e)),
+                // A known device over its own limit is judged as an unknown one.
+                Err(Refused::Throttled(_)) => {}
             }
-            // A known device over its own limit is judged as an unknown one.
         }
         let buckets: Vec<Bucket> = std::iter::once(self.account(account))
             .chain(address.map(|a| self.address(a)))
             .collect();
-        let mut recent = Vec::with_capacity(buckets.len());
-        for b in &buckets {
-            recent.push(self.recent(b, now).await?);
-        }
-        let wait = self.admit(&buckets, &recent, now);
-        if wait > Duration::ZERO {
-            return Err(Refused::Throttled(wait));
-        }
-        Ok(Attempt {
-            throttle: self,
-            buckets,
-        })
+        self.admit(buckets, now).await
     }
 
     /// Count a registration attempt from `address`, refusing it when the address has made
@@ -476,7 +612,7 @@ mod tests {
         )
     }
 
-    fn wait_of(r: Result<Attempt<'_>, Refused>) -> Duration {
+    fn wait_of(r: Result<Attempt, Refused>) -> Duration {
         match r {
             Err(Refused::Throttled(d)) => d,
             Err(Refused::Store(e)) => panic!("{e}"),
@@ -516,6 +652,8 @@ mod tests {
             "a third concurrent guess is refused"
         );
         drop(a);
+        // The release runs in the background: let it.
+        tokio::task::yield_now().await;
         let c = t.begin("eve", None, None).await.unwrap();
         b.failed().await;
         c.failed().await;

@@ -12,6 +12,16 @@ local function hmap(r) local m = {} for i = 1, #r, 2 do m[r[i]] = r[i + 1] end r
 local function extend(key, ttl)
   if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
 end
+-- The throttle's failures in a sorted set (score: when): those not after `since` go, and all
+-- but the newest `keep` (reservations, `p:…` members, are left alone).
+local function trim_failures(key, since, keep)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', since)
+  local f = {}
+  for _, m in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+    if string.sub(m, 1, 2) ~= 'p:' then f[#f + 1] = m end
+  end
+  for i = 1, #f - keep do redis.call('ZREM', key, f[i]) end
+end
 -- Every change to a session is announced on the feed, from inside the change itself, so a
 -- node that caches sessions hears of it before the change is acknowledged to anyone.
 local FEED = 'kw:feed'
@@ -280,21 +290,66 @@ redis.call('DEL', KEYS[1])
 return 1
 "#;
 
-    /// KEYS: failure log. ARGV: tag (unused), since_ms. The times of the failures after it.
+    /// KEYS: failure log. ARGV: tag (unused), since_ms. The times of the failures after it
+    /// (reservations, members `p:<attempt>`, are not failures).
     FAILURES = r#"
 local r = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[2], '+inf', 'WITHSCORES')
 local out = {}
-for i = 2, #r, 2 do out[#out + 1] = r[i] end
+for i = 1, #r, 2 do
+  if string.sub(r[i], 1, 2) ~= 'p:' then out[#out + 1] = r[i + 1] end
+end
 return out
 "#;
 
     /// KEYS: failure log. ARGV: tag (unused), now_ms, since_ms, keep, window_ms, nonce.
     RECORD_FAILURE = r#"
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[2] .. ':' .. ARGV[6])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
-local extra = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[4])
-if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, extra - 1) end
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
+trim_failures(KEYS[1], ARGV[3], tonumber(ARGV[4]))
+extend(KEYS[1], tonumber(ARGV[5]))
+return 1
+"#;
+
+    /// KEYS: failure log. ARGV: tag (unused). Removes the failures, keeps the reservations.
+    RECORD_FORGET = r#"
+for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if string.sub(m, 1, 2) ~= 'p:' then redis.call('ZREM', KEYS[1], m) end
+end
+return 1
+"#;
+
+    /// KEYS: failure log. ARGV: tag (unused), attempt, now_ms, since_ms, pending_since_ms,
+    /// limit, ttl_ms. Admits (`{}`) and adds the reservation `p:<attempt>` while the failures
+    /// after `since` and the reservations after `pending_since` are fewer than `limit`;
+    /// otherwise returns {pending count, failure times…}.
+    RESERVE = r#"
+local r = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[4], '+inf', 'WITHSCORES')
+local failures, pending = {}, 0
+for i = 1, #r, 2 do
+  if string.sub(r[i], 1, 2) == 'p:' then
+    if tonumber(r[i + 1]) > tonumber(ARGV[5]) then pending = pending + 1
+    else redis.call('ZREM', KEYS[1], r[i]) end
+  else
+    failures[#failures + 1] = r[i + 1]
+  end
+end
+if #failures + pending >= tonumber(ARGV[6]) then
+  table.insert(failures, 1, tostring(pending))
+  return failures
+end
+redis.call('ZADD', KEYS[1], ARGV[3], 'p:' .. ARGV[2])
+extend(KEYS[1], tonumber(ARGV[7]))
+return {}
+"#;
+
+    /// KEYS: failure log. ARGV: tag (unused), attempt, failed ('1' or '0'), now_ms, since_ms,
+    /// keep, window_ms, nonce. Ends a reservation, as a failure when `failed`.
+    SETTLE = r#"
+redis.call('ZREM', KEYS[1], 'p:' .. ARGV[2])
+if ARGV[3] == '1' then
+  redis.call('ZADD', KEYS[1], ARGV[4], ARGV[4] .. ':' .. ARGV[8])
+  trim_failures(KEYS[1], ARGV[5], tonumber(ARGV[6]))
+  extend(KEYS[1], tonumber(ARGV[7]))
+end
 return 1
 "#;
 }

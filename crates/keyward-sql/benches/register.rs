@@ -14,7 +14,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use keyward_core::{
     AuthConfig, AuthError, AuthService, ManualClock, MemorySessionStore, Password, PasswordHasher,
 };
-use keyward_sql::SqliteStore;
+use keyward_sql::SqlStore;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -27,7 +27,7 @@ fn register(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let auth = rt.block_on(async {
         let url = format!("sqlite://{}", dir.path().join("kw.db").display());
-        let db = Arc::new(SqliteStore::open(&url).await.unwrap());
+        let db = Arc::new(SqlStore::open(&url).await.unwrap());
         Arc::new(AuthService::new(
             db,
             Arc::new(MemorySessionStore::new()),

@@ -1,16 +1,19 @@
-//! keyward's SQL backends, through sqlx with embedded migrations.
-//!
-//! [`SqliteStore`] is the embedded default (`sqlite://keyward.db`): one file holds users and
-//! sessions. It implements both [`UserStore`](keyward_core::UserStore) and
-//! [`SessionStore`](keyward_core::SessionStore).
+//! keyward's SQL store, through sqlx with embedded migrations: [`SqlStore`], one
+//! implementation of the user, session, token, key and failure-log traits over SQLite (the
+//! embedded default, `sqlite://keyward.db`) or PostgreSQL (`postgres://…`, shared by a fleet).
+//! Every statement and row mapping is written once; the engine is a parameter
+//! ([`store`](crate::store) says where they differ).
 #![deny(missing_docs)]
 
-mod postgres;
-mod sqlite;
+mod failures;
+mod readers;
+mod rows;
+mod sessions;
+mod store;
 mod tokens;
+mod users;
 
-pub use postgres::PostgresStore;
-pub use sqlite::SqliteStore;
+pub use store::{is_postgres_url, SqlOptions, SqlStore};
 
 use keyward_core::StoreError;
 
@@ -26,18 +29,19 @@ pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
 
 /// Errors opening or migrating a database.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OpenError {
     /// The URL could not be understood.
-    #[error("invalid database URL: {0}")]
+    #[error("invalid database URL")]
     Url(#[source] sqlx::Error),
     /// The database file could not be created.
-    #[error("cannot create the database file: {0}")]
+    #[error("cannot create the database file")]
     Create(#[source] std::io::Error),
     /// The database could not be opened.
-    #[error("cannot open the database: {0}")]
+    #[error("cannot open the database")]
     Connect(#[source] sqlx::Error),
     /// Migrations failed.
-    #[error("cannot migrate the database: {0}")]
+    #[error("cannot migrate the database")]
     Migrate(#[source] sqlx::migrate::MigrateError),
 }
 

@@ -719,6 +719,108 @@ pub async fn keys_and_scheduled_rotation(s: Arc<dyn KeyStore>) {
     assert_eq!(s.list_keys().await.unwrap().len(), 1);
 }
 
+/// Reservations: attempts in progress count against the limit beside the failures, turn into
+/// failures or go away when settled, lapse when never settled; and the count-and-reserve is
+/// atomic, so concurrent attempts (on any number of nodes sharing the log) admit no more than
+/// the limit.
+pub async fn failure_log_reservations(log: Arc<dyn keyward_core::FailureLog>) {
+    use keyward_core::throttle::{Reservation, RESERVATION_TTL};
+    let key = format!("a:reservations-{}", SessionId::new());
+    let window = Duration::minutes(15);
+    let now = t0();
+    let since = now - window;
+    for a in ["a1", "a2", "a3"] {
+        assert_eq!(
+            log.reserve(&key, a, now, since, 3).await.unwrap(),
+            Reservation::Admitted
+        );
+    }
+    assert_eq!(
+        log.reserve(&key, "a4", now, since, 3).await.unwrap(),
+        Reservation::Full {
+            failures: vec![],
+            pending: 3
+        },
+        "three attempts in progress fill a limit of three"
+    );
+    let later = now + Duration::seconds(1);
+    log.settle(&key, "a1", true, later, later - window, 3)
+        .await
+        .unwrap();
+    log.settle(&key, "a2", false, later, later - window, 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        log.failures(&key, since).await.unwrap(),
+        vec![later],
+        "a1 failed"
+    );
+    assert_eq!(
+        log.reserve(&key, "a5", later, later - window, 3)
+            .await
+            .unwrap(),
+        Reservation::Admitted,
+        "a2 went away"
+    );
+    assert_eq!(
+        log.reserve(&key, "a6", later, later - window, 3)
+            .await
+            .unwrap(),
+        Reservation::Full {
+            failures: vec![later],
+            pending: 2
+        }
+    );
+    // Reservations never settled (their process died) lapse.
+    let lapsed = later + RESERVATION_TTL;
+    assert_eq!(
+        log.reserve(&key, "a7", lapsed, lapsed - window, 3)
+            .await
+            .unwrap(),
+        Reservation::Admitted
+    );
+    // A failure whose reservation lapsed still counts; forgetting keeps reservations.
+    log.settle(&key, "a3", true, lapsed, lapsed - window, 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        log.failures(&key, since).await.unwrap(),
+        vec![later, lapsed]
+    );
+    log.forget(&key).await.unwrap();
+    assert!(log.failures(&key, since).await.unwrap().is_empty());
+    assert_eq!(
+        log.reserve(&key, "a8", lapsed, lapsed - window, 1)
+            .await
+            .unwrap(),
+        Reservation::Full {
+            failures: vec![],
+            pending: 1
+        },
+        "a7 is still in progress (a5 has lapsed)"
+    );
+
+    // Atomic: of twenty concurrent attempts at a limit of five, five are admitted.
+    let key = format!("a:concurrent-{}", SessionId::new());
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let (log, key) = (log.clone(), key.clone());
+            tokio::spawn(async move {
+                log.reserve(&key, &format!("c{i}"), now, since, 5)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for t in tasks {
+        if t.await.unwrap() == Reservation::Admitted {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 5);
+}
+
 /// A failure log keeps, per key, the newest failures inside the window, and forgets on demand.
 pub async fn failure_log(log: &dyn keyward_core::FailureLog) {
     let (a, b) = ("a:conformance-a", "i:192.0.2.9");

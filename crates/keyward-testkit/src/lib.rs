@@ -21,7 +21,7 @@ use keyward_core::{
     PasswordHasher, SessionStore, UserStore,
 };
 use keyward_http::{HttpConfig, Keyward};
-use keyward_sql::SqliteStore;
+use keyward_sql::SqlStore;
 use keyward_token::{Kek, SigningAlg, TokenConfig, TokenService};
 use reqwest::header::{HeaderMap, SET_COOKIE};
 use reqwest::{Client, Response};
@@ -32,10 +32,10 @@ use tempfile::TempDir;
 pub use conformance::Fixture;
 
 /// A fresh SQLite file store in a temp dir, for the conformance suite.
-pub async fn sqlite_fixture() -> Fixture<SqliteStore> {
+pub async fn sqlite_fixture() -> Fixture<SqlStore> {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("kw.db").display());
-    let store = SqliteStore::open(&url).await.unwrap();
+    let store = SqlStore::open(&url).await.unwrap();
     Fixture {
         store: Arc::new(store),
         keep: vec![Box::new(dir)],
@@ -53,7 +53,7 @@ pub async fn sqlite_sessions() -> Fixture<dyn SessionStore> {
 
 /// SQLite in memory as a session store: no inline readers, every query through sqlx.
 pub async fn sqlite_memory_sessions() -> Fixture<dyn SessionStore> {
-    let store = SqliteStore::open("sqlite::memory:").await.unwrap();
+    let store = SqlStore::open("sqlite::memory:").await.unwrap();
     Fixture {
         store: Arc::new(store),
         keep: vec![],
@@ -61,9 +61,9 @@ pub async fn sqlite_memory_sessions() -> Fixture<dyn SessionStore> {
 }
 
 /// A fresh private PostgreSQL as every kind of store.
-pub async fn postgres_fixture() -> Fixture<keyward_sql::PostgresStore> {
+pub async fn postgres_fixture() -> Fixture<keyward_sql::SqlStore> {
     let server = pg::PgServer::start().await;
-    let store = keyward_sql::PostgresStore::open(&server.url).await.unwrap();
+    let store = keyward_sql::SqlStore::open(&server.url).await.unwrap();
     Fixture {
         store: Arc::new(store),
         keep: vec![Box::new(server)],
@@ -391,7 +391,7 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(opts: AppOptions) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let db = Arc::new(
-        SqliteStore::open(&format!(
+        SqlStore::open(&format!(
             "sqlite://{}",
             dir.path().join("keyward.db").display()
         ))
@@ -413,16 +413,19 @@ pub async fn spawn_app_with(opts: AppOptions) -> TestApp {
     };
     let users: DynUserStore = db.clone();
     let clock = Arc::new(ManualClock::starting_now());
-    let auth = Arc::new(
-        AuthService::new(
-            users.clone(),
-            sessions.clone(),
-            PasswordHasher::new(None).unwrap(),
-            clock.clone(),
-            opts.auth,
-        )
-        .with_token_store(token_store.clone()),
-    );
+    let mut auth = AuthService::new(
+        users.clone(),
+        sessions.clone(),
+        PasswordHasher::new(None).unwrap(),
+        clock.clone(),
+        opts.auth,
+    )
+    .with_token_store(token_store.clone());
+    if opts.sessions == SessionBackend::Sqlite {
+        // As the server does: failures are counted in the shared database file.
+        auth = auth.with_failure_log(db.clone());
+    }
+    let auth = Arc::new(auth);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let public = opts.public_url.unwrap_or_else(|| format!("http://{addr}"));

@@ -7,7 +7,7 @@ use keyward_core::{
 };
 use keyward_redis::cache::{CacheMode, CachedSessions};
 use keyward_redis::{RedisOptions, RedisStore};
-use keyward_sql::{PostgresStore, SqliteStore};
+use keyward_sql::{SqlOptions, SqlStore};
 use keyward_token::Kek;
 use std::io::Write;
 use std::sync::Arc;
@@ -20,8 +20,8 @@ pub struct Stores {
     pub tokens: DynTokenStore,
     /// Signing keys: in the database.
     pub keys: DynKeyStore,
-    /// Where failed logins are counted when the fleet shares it (a PostgreSQL or Redis
-    /// session store); else each process counts its own.
+    /// Where failed logins are counted when other processes share it (the session store's
+    /// PostgreSQL, SQLite file or Redis); else each process counts its own.
     pub failure_log: Option<DynFailureLog>,
 }
 
@@ -73,40 +73,26 @@ fn sql_failure(setting: &'static str, url: &str, e: keyward_sql::OpenError) -> O
     }
 }
 
-fn is_postgres(url: &str) -> bool {
-    url.starts_with("postgres://") || url.starts_with("postgresql://")
-}
-
 /// Open (and migrate) the users database and the session store.
 pub async fn open(settings: &Settings) -> Result<Stores, OpenFailure> {
-    // Where failed logins are counted when a fleet shares it: the session store, if it is
-    // PostgreSQL or Redis; otherwise each process counts its own.
-    let mut failure_log: Option<DynFailureLog> = None;
-    let (users, keys, db_sessions): (DynUserStore, DynKeyStore, (DynSessionStore, DynTokenStore)) =
-        if is_postgres(&settings.database) {
-            let db = Arc::new(
-                PostgresStore::open(&settings.database)
-                    .await
-                    .map_err(|e| sql_failure("database", &settings.database, e))?,
-            );
-            if settings.session_store == settings.database {
-                failure_log = Some(db.clone());
-            }
-            (db.clone(), db.clone(), (db.clone(), db))
-        } else {
-            let db = Arc::new(
-                SqliteStore::open(&settings.database)
-                    .await
-                    .map_err(|e| sql_failure("database", &settings.database, e))?,
-            );
-            (db.clone(), db.clone(), (db.clone(), db))
-        };
-    let (sessions, tokens): (DynSessionStore, DynTokenStore) =
+    let sql = SqlOptions {
+        timeout: settings.store_timeout,
+        ..SqlOptions::default()
+    };
+    let db = Arc::new(
+        SqlStore::open_with(&settings.database, sql)
+            .await
+            .map_err(|e| sql_failure("database", &settings.database, e))?,
+    );
+    // Failed sign-ins are counted where the sessions are, when other processes share it
+    // (PostgreSQL, a SQLite file, Redis): then N nodes allow what one allows.
+    let shared = |s: &Arc<SqlStore>| s.is_shared().then(|| s.clone() as DynFailureLog);
+    let (sessions, tokens, failure_log): (DynSessionStore, DynTokenStore, Option<DynFailureLog>) =
         if settings.session_store == settings.database {
-            db_sessions
+            (db.clone(), db.clone(), shared(&db))
         } else if settings.session_store == "memory" {
             let m = Arc::new(MemorySessionStore::new());
-            (m.clone(), m)
+            (m.clone(), m, None)
         } else if keyward_redis::is_redis_url(&settings.session_store) {
             let options = RedisOptions {
                 idle_timeout: time::Duration::try_from(settings.idle_timeout)
@@ -133,29 +119,20 @@ pub async fn open(settings: &Settings) -> Result<Stores, OpenFailure> {
                 }
                 None => (Arc::new(s.clone()), Arc::new(s.clone())),
             };
-            failure_log = Some(Arc::new(s));
-            (sessions, tokens)
-        } else if is_postgres(&settings.session_store) {
-            let s = Arc::new(
-                PostgresStore::open(&settings.session_store)
-                    .await
-                    .map_err(|e| sql_failure("session-store", &settings.session_store, e))?,
-            );
-            failure_log = Some(s.clone());
-            (s.clone(), s)
+            (sessions, tokens, Some(Arc::new(s)))
         } else {
             let s = Arc::new(
-                SqliteStore::open(&settings.session_store)
+                SqlStore::open_with(&settings.session_store, sql)
                     .await
                     .map_err(|e| sql_failure("session-store", &settings.session_store, e))?,
             );
-            (s.clone(), s)
+            (s.clone(), s.clone(), shared(&s))
         };
     Ok(Stores {
-        users,
+        users: db.clone(),
         sessions,
         tokens,
-        keys,
+        keys: db,
         failure_log,
     })
 }

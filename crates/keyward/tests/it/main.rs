@@ -53,20 +53,33 @@ keyward_testkit::session_store_conformance!(
     keyward_testkit::redis_replicated_sessions
 );
 
-#[tokio::test]
-async fn failure_log_in_memory() {
-    keyward_testkit::conformance::failure_log(&keyward_core::MemoryFailureLog::default()).await;
+async fn failure_logs(log: std::sync::Arc<dyn keyward_core::FailureLog>) {
+    keyward_testkit::conformance::failure_log(&*log).await;
+    keyward_testkit::conformance::failure_log_reservations(log).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_log_in_memory() {
+    failure_logs(std::sync::Arc::new(
+        keyward_core::MemoryFailureLog::default(),
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_log_on_sqlite() {
+    let f = keyward_testkit::sqlite_fixture().await;
+    failure_logs(f.store.clone()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failure_log_on_redis() {
     let (store, _server) = keyward_testkit::redis_store().await;
-    keyward_testkit::conformance::failure_log(&*store).await;
+    failure_logs(store).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failure_log_on_postgres() {
-    let pg = keyward_testkit::pg::PgServer::start().await;
-    let store = keyward_sql::PostgresStore::open(&pg.url).await.unwrap();
-    keyward_testkit::conformance::failure_log(&store).await;
+    let f = keyward_testkit::postgres_fixture().await;
+    failure_logs(f.store.clone()).await;
 }
