@@ -104,6 +104,17 @@ pub enum AuthError {
 /// Result of service calls.
 pub type AuthResult<T> = Result<T, AuthError>;
 
+/// What [`AuthService::ready`] found.
+#[derive(Debug)]
+pub enum Readiness {
+    /// Both stores answer.
+    Ready,
+    /// Sessions are validated from memory while the store cannot be reached.
+    Degraded,
+    /// A store does not answer.
+    Unavailable(StoreError),
+}
+
 /// Who is calling from where, and what they presented.
 #[derive(Debug, Clone, Default)]
 pub struct ClientInfo {
@@ -432,8 +443,17 @@ impl AuthService {
         };
         let now = self.clock.now();
         if !session.is_live(now, self.config.idle_timeout) {
-            self.sessions.delete(&hash).await?;
-            metrics::counter!("keyward_sessions_revoked_total", "reason" => "expired").increment(1);
+            // Cleaning up is the purge's job too: an expired session is refused whether or not
+            // it can be deleted now.
+            match self.sessions.delete(&hash).await {
+                Ok(_) => {
+                    metrics::counter!("keyward_sessions_revoked_total", "reason" => "expired")
+                        .increment(1);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "an expired session could not be deleted yet")
+                }
+            }
             return Ok(None);
         }
         if now - session.last_seen_at >= self.config.touch_interval() {
@@ -615,10 +635,21 @@ impl AuthService {
             .await?)
     }
 
-    /// Whether both stores answer.
-    pub async fn ready(&self) -> Result<(), StoreError> {
-        self.users.ping().await?;
-        self.sessions.ping().await
+    /// Whether both stores answer: ready, degraded (the session store answers from what it
+    /// holds while the store behind it cannot be reached), or not.
+    pub async fn ready(&self) -> Readiness {
+        if self.sessions.degraded() {
+            return Readiness::Degraded;
+        }
+        match async {
+            self.users.ping().await?;
+            self.sessions.ping().await
+        }
+        .await
+        {
+            Ok(()) => Readiness::Ready,
+            Err(e) => Readiness::Unavailable(e),
+        }
     }
 
     /// When a session stops being valid.

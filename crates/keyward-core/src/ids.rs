@@ -22,6 +22,10 @@ impl UserId {
     pub fn as_uuid(&self) -> &Uuid {
         &self.0
     }
+    /// From the UUID's 16 bytes.
+    pub fn from_bytes(b: [u8; 16]) -> Self {
+        Self(Uuid::from_bytes(b))
+    }
     /// The user's shard: where a partitioned store (Redis Cluster) keeps everything of this
     /// user together. Every session id, session token and refresh token minted for the user
     /// carries the same shard, so one atomic script can touch all of them.
@@ -65,6 +69,14 @@ impl SessionId {
     /// Parse the text form; `None` for anything that is not one.
     pub fn parse(s: &str) -> Option<Self> {
         Uuid::parse_str(s).ok().map(Self)
+    }
+    /// From the UUID's 16 bytes.
+    pub fn from_bytes(b: [u8; 16]) -> Self {
+        Self(Uuid::from_bytes(b))
+    }
+    /// The UUID's 16 bytes.
+    pub fn as_uuid_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
     }
     /// The shard this id was minted in (see [`UserId::shard`]).
     pub fn shard(&self) -> Shard {

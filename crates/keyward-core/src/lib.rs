@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod clock;
 pub mod device;
+pub mod feed;
 pub mod ids;
 pub mod memory;
 pub mod password;
@@ -13,7 +14,9 @@ pub mod secret;
 pub mod store;
 pub mod throttle;
 
-pub use auth::{AuthConfig, AuthError, AuthResult, AuthService, ClientInfo, NewSession, AUDIT};
+pub use auth::{
+    AuthConfig, AuthError, AuthResult, AuthService, ClientInfo, NewSession, Readiness, AUDIT,
+};
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use device::{DeviceCookie, DeviceKey};
 pub use ids::{SessionId, UserId, Username};

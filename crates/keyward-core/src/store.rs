@@ -68,7 +68,8 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn create(&self, session: &SessionRecord) -> StoreResult<()>;
 
     /// Look a session up by the hash of its token. Expired sessions may still be returned;
-    /// the caller decides with [`SessionRecord::is_live`].
+    /// the caller decides with [`SessionRecord::is_live`]. A cache may answer without `ip` and
+    /// `user_agent`, which validation does not need ([`SessionStore::list_for_user`] has them).
     async fn get(&self, token_hash: &TokenHash) -> StoreResult<Option<SessionRecord>>;
 
     /// Record use of a session: set `last_seen_at` (never moves it backwards).
@@ -105,6 +106,12 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Whether the store answers.
     async fn ping(&self) -> StoreResult<()>;
+
+    /// Whether this store answers from what it holds while the store behind it cannot be
+    /// reached (a replicated cache within its outage grace): `/readyz` then says `degraded`.
+    fn degraded(&self) -> bool {
+        false
+    }
 }
 
 /// A user as stored.

@@ -440,8 +440,14 @@ async fn verify(p: Principal) -> Response {
 
 async fn readyz(State(kw): State<Keyward>) -> Response {
     match kw.auth().ready().await {
-        Ok(()) => Json(serde_json::json!({"status": "ready"})).into_response(),
-        Err(e) => {
+        keyward_core::Readiness::Ready => {
+            Json(serde_json::json!({"status": "ready"})).into_response()
+        }
+        // Serving: sessions are validated from memory while the store is away.
+        keyward_core::Readiness::Degraded => {
+            Json(serde_json::json!({"status": "degraded"})).into_response()
+        }
+        keyward_core::Readiness::Unavailable(e) => {
             tracing::warn!(error = %e, "not ready");
             (
                 StatusCode::SERVICE_UNAVAILABLE,

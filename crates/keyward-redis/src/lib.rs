@@ -17,6 +17,7 @@
 //! | `{kw.XX}:f:<family id>` | hash | a refresh family (`r` set once revoked) |
 //! | `{kw.XX}:r:<token sha-256>` | hash | a refresh token: its family, and once used, when and its successor |
 //! | `{kw.XX}:uf:<user id>` | set | a user's family ids |
+//! | `{kw.XX}:rx` | hash | the shard's sessions packed as a replica needs them (see [`feed`]) |
 //! | `kw:d:<jti>` | string | a denied access token, until its expiry |
 //!
 //! Expiry is Redis's own: every key carries a TTL, so an abandoned session or family
@@ -29,7 +30,7 @@
 //! time answers [`StoreError::Unavailable`] rather than success.
 #![deny(missing_docs)]
 
-pub mod cache;
+pub mod feed;
 mod scripts;
 mod sessions;
 mod throttle;
@@ -97,6 +98,8 @@ struct Inner {
     /// Auto: the last count read, and when (ms since `started`); -1 when it must be re-read.
     wait_auto: AtomicI64,
     wait_read_at: AtomicI64,
+    /// When the last sweeps of sessions and of tokens ran (ms since `started`; -1: never).
+    purged_at: [AtomicI64; 2],
     started: std::time::Instant,
 }
 
@@ -142,6 +145,7 @@ impl RedisStore {
                 wait_fixed,
                 wait_auto: AtomicI64::new(-1),
                 wait_read_at: AtomicI64::new(0),
+                purged_at: [AtomicI64::new(-1), AtomicI64::new(-1)],
                 started: std::time::Instant::now(),
             }),
         })
@@ -248,9 +252,30 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Whether an hour has passed since the last sweep of `what` (and claim this one): a
+    /// sweep walks the whole key space, and keys expire by themselves in between.
+    pub(crate) fn purge_due(&self, what: Sweep) -> bool {
+        let now = self.elapsed_ms();
+        let Some(at) = self.inner.purged_at.get(what as usize) else {
+            return false;
+        };
+        let last = at.load(Ordering::Relaxed);
+        (last < 0 || now - last >= 3_600_000)
+            && at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
     pub(crate) fn options(&self) -> &RedisOptions {
         &self.inner.options
     }
+}
+
+/// What a sweep cleans.
+#[derive(Clone, Copy)]
+pub(crate) enum Sweep {
+    Sessions = 0,
+    Tokens = 1,
 }
 
 /// Under memory pressure Redis may evict keys that carry a TTL (every key here does) unless

@@ -24,8 +24,11 @@ local function trim_failures(key, since, keep)
 end
 -- Every change to a session is announced on the feed, from inside the change itself, so a
 -- node that caches sessions hears of it before the change is acknowledged to anyone.
+-- A replica's copy of every session of the shard is kept packed in one hash, `{kw.XX}:rx`,
+-- under the raw token hash, so a node loads a shard in one reply (see feed.rs).
 local FEED = 'kw:feed'
-local function put(tag, h, sid, uid, ttl, score, fields)
+local function raw(h) return (h:gsub('..', function(x) return string.char(tonumber(x, 16)) end)) end
+local function put(tag, h, sid, uid, ttl, score, packed, fields)
   local k = tag .. ':s:' .. h
   redis.call('DEL', k)
   redis.call('HSET', k, unpack(fields))
@@ -34,11 +37,15 @@ local function put(tag, h, sid, uid, ttl, score, fields)
   local idx = tag .. ':us:' .. uid
   redis.call('ZADD', idx, score, h)
   extend(idx, ttl)
-  redis.call('PUBLISH', FEED, 'c ' .. h .. ' ' .. cjson.encode(fields))
+  redis.call('HSET', tag .. ':rx', raw(h), packed)
+  local m = hmap(fields)
+  redis.call('PUBLISH', FEED, 'c ' .. h .. ' ' .. cjson.encode({i = m.i, u = m.u, n = m.n,
+    c = tonumber(m.c), l = tonumber(m.l), e = tonumber(m.e)}))
 end
 local function drop(tag, h, sid, uid)
   redis.call('DEL', tag .. ':s:' .. h, tag .. ':i:' .. sid)
   redis.call('ZREM', tag .. ':us:' .. uid, h)
+  redis.call('HDEL', tag .. ':rx', raw(h))
   redis.call('PUBLISH', FEED, 'd ' .. h)
 end
 "#;
@@ -54,14 +61,15 @@ macro_rules! scripts {
 }
 
 scripts! {
-    /// KEYS: session. ARGV: tag, hash, sid, uid, ttl, score, fields….
+    /// KEYS: session. ARGV: tag, hash, sid, uid, ttl, score, packed, fields….
     CREATE_SESSION = r#"
-put(ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], {unpack(ARGV, 7)})
+put(ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7], {unpack(ARGV, 8)})
 return 1
 "#;
 
-    /// KEYS: session. ARGV: tag, last_seen_ms, idle_ms. Moves `l` forward only and extends
-    /// the TTLs to the new end of the session.
+    /// KEYS: session. ARGV: tag, last_seen_ms, idle_ms, last_seen (8 bytes, big-endian).
+    /// Moves `l` forward only, in the session and in its packed copy, and extends the TTLs to
+    /// the new end of the session.
     TOUCH_SESSION = r#"
 local f = redis.call('HMGET', KEYS[1], 'l', 'e', 'i', 'u')
 if not f[1] then return 0 end
@@ -70,6 +78,9 @@ if new <= tonumber(f[1]) then return 0 end
 local ttl = math.min(new + tonumber(ARGV[3]), tonumber(f[2])) - new
 if ttl < 1 then ttl = 1 end
 redis.call('HSET', KEYS[1], 'l', ARGV[2])
+local rx, h = ARGV[1] .. ':rx', raw(string.sub(KEYS[1], 11))
+local v = redis.call('HGET', rx, h)
+if v then redis.call('HSET', rx, h, string.sub(v, 1, 41) .. ARGV[4] .. string.sub(v, 50)) end
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('PEXPIRE', ARGV[1] .. ':i:' .. f[3], ttl)
 extend(ARGV[1] .. ':us:' .. f[4], ttl)
@@ -132,14 +143,15 @@ end
 return out
 "#;
 
-    /// KEYS: old session. ARGV: tag, old hash, new hash, new sid, uid, ttl, score, fields….
+    /// KEYS: old session. ARGV: tag, old hash, new hash, new sid, uid, ttl, score, packed,
+    /// fields….
     REPLACE_SESSION = r#"
 local r = redis.call('HGETALL', KEYS[1])
 if #r == 0 then return 0 end
 local m = hmap(r)
 if m.u ~= ARGV[5] then return redis.error_reply('replace across users') end
 drop(ARGV[1], ARGV[2], m.i, m.u)
-put(ARGV[1], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7], {unpack(ARGV, 8)})
+put(ARGV[1], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8], {unpack(ARGV, 9)})
 return 1
 "#;
 
@@ -153,6 +165,26 @@ for _, h in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
     redis.call('ZREM', KEYS[1], h)
   elseif tonumber(f[4]) <= now or tonumber(f[3]) < cutoff then
     drop(ARGV[1], h, f[1], f[2])
+    n = n + 1
+  end
+end
+return n
+"#;
+
+    /// KEYS: a shard's replica index. Its fields and values, concatenated: one reply per
+    /// shard (see `feed::unpack_shard`).
+    LOAD_SHARD = r#"
+return table.concat(redis.call('HGETALL', KEYS[1]))
+"#;
+
+    /// KEYS: a shard's replica index. ARGV: tag. Removes the copies of sessions whose key has
+    /// expired (TTL expiry announces nothing); returns how many.
+    PURGE_REPLICA_INDEX = r#"
+local n = 0
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  local h = f:gsub('.', function(c) return string.format('%02x', string.byte(c)) end)
+  if redis.call('EXISTS', ARGV[1] .. ':s:' .. h) == 0 then
+    redis.call('HDEL', KEYS[1], f)
     n = n + 1
   end
 end

@@ -105,19 +105,7 @@ pub(crate) fn record(
     })
 }
 
-/// A token hash from its lower-case hex (as keys and the feed carry it).
-pub(crate) fn hash_from_hex(s: &str) -> Option<TokenHash> {
-    if s.len() != 64 || !s.is_ascii() {
-        return None;
-    }
-    let bytes: Option<Vec<u8>> = (0..32)
-        .map(|i| {
-            s.get(i * 2..i * 2 + 2)
-                .and_then(|b| u8::from_str_radix(b, 16).ok())
-        })
-        .collect();
-    bytes.and_then(|b| TokenHash::from_slice(&b))
-}
+pub(crate) use keyward_core::feed::hash_from_hex;
 
 /// A session whose token, id and owner are not in one shard cannot be stored atomically.
 fn check_shards(s: &SessionRecord) -> StoreResult<()> {
@@ -131,30 +119,40 @@ fn check_shards(s: &SessionRecord) -> StoreResult<()> {
 }
 
 impl RedisStore {
-    pub(crate) async fn eval<R: FromValue>(
+    pub(crate) async fn eval<R: FromValue, V>(
         &self,
         script: &Script,
         key: String,
-        args: Vec<String>,
-    ) -> StoreResult<R> {
+        args: V,
+    ) -> StoreResult<R>
+    where
+        V: TryInto<fred::types::MultipleValues> + Send,
+        V::Error: Into<fred::error::Error> + Send,
+    {
         script
             .evalsha_with_reload(self.client(), vec![key], args)
             .await
             .map_err(unavailable)
     }
 
-    fn session_args(&self, s: &SessionRecord) -> Vec<String> {
+    /// The arguments of a script that stores a session: tag, hash, sid, uid, ttl, score, the
+    /// packed copy for the shard's replica index, then the fields.
+    fn session_args(&self, s: &SessionRecord) -> StoreResult<Vec<Value>> {
         let ttl = ttl_ms(s, self.options().idle_timeout);
-        let mut args = vec![
+        let mut args: Vec<Value> = [
             tag(s.user_id.shard()),
             s.token_hash.to_hex(),
             s.id.to_string(),
             s.user_id.to_string(),
             ttl.to_string(),
             ms(s.created_at),
-        ];
-        args.extend(fields(s));
-        args
+        ]
+        .into_iter()
+        .map(Value::from)
+        .collect();
+        args.push(Value::Bytes(crate::feed::packed(s)?.into()));
+        args.extend(fields(s).into_iter().map(Value::from));
+        Ok(args)
     }
 }
 
@@ -164,7 +162,7 @@ impl SessionStore for RedisStore {
         check_shards(session)?;
         let key = session_key(&session.token_hash);
         let _: i64 = self
-            .eval(&CREATE_SESSION, key.clone(), self.session_args(session))
+            .eval(&CREATE_SESSION, key.clone(), self.session_args(session)?)
             .await?;
         self.acknowledged(&key).await
     }
@@ -188,7 +186,12 @@ impl SessionStore for RedisStore {
             .eval(
                 &TOUCH_SESSION,
                 session_key(token_hash),
-                vec![tag(token_hash.shard()), ms(last_seen_at), idle],
+                vec![
+                    Value::from(tag(token_hash.shard())),
+                    Value::from(ms(last_seen_at)),
+                    Value::from(idle),
+                    Value::Bytes(to_unix_ms(last_seen_at).to_be_bytes().to_vec().into()),
+                ],
             )
             .await?;
         Ok(())
@@ -270,9 +273,9 @@ impl SessionStore for RedisStore {
             ));
         }
         let key = session_key(old);
-        let mut args = self.session_args(new);
+        let mut args = self.session_args(new)?;
         // REPLACE_SESSION takes the old hash after the tag.
-        args.insert(1, old.to_hex());
+        args.insert(1, Value::from(old.to_hex()));
         let done: i64 = self.eval(&REPLACE_SESSION, key.clone(), args).await?;
         if done == 1 {
             self.acknowledged(&key).await?;
@@ -280,12 +283,28 @@ impl SessionStore for RedisStore {
         Ok(done == 1)
     }
 
+    /// Redis expires sessions by itself; this prunes what TTLs cannot (index entries, replica
+    /// copies of expired sessions). It walks the whole key space, so it runs at most hourly:
+    /// calls in between return 0.
     async fn purge_expired(
         &self,
         now: OffsetDateTime,
         idle_cutoff: OffsetDateTime,
     ) -> StoreResult<u64> {
+        if !self.purge_due(crate::Sweep::Sessions) {
+            return Ok(0);
+        }
         let mut n = 0u64;
+        for shard in 0..=255u8 {
+            let removed: i64 = self
+                .eval(
+                    &PURGE_REPLICA_INDEX,
+                    format!("{}:rx", tag(shard)),
+                    vec![tag(shard)],
+                )
+                .await?;
+            n += u64::try_from(removed).unwrap_or(0);
+        }
         for key in self.scan("{kw.??}:us:*").await? {
             let Some(shard_tag) = key.get(..7) else {
                 continue;

@@ -197,7 +197,11 @@ impl TokenStore for RedisStore {
         Ok(revoked || denied_until.is_some_and(|u| u > to_unix_ms(now)))
     }
 
+    /// At most hourly, like the session sweep: calls in between return 0.
     async fn purge_tokens(&self, now: OffsetDateTime) -> StoreResult<u64> {
+        if !self.purge_due(crate::Sweep::Tokens) {
+            return Ok(0);
+        }
         let mut n = 0u64;
         // Tokens first, while their families still say when they end.
         for (pattern, script) in [

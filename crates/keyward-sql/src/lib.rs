@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 
 mod failures;
+mod feed;
 mod readers;
 mod rows;
 mod sessions;
@@ -13,6 +14,7 @@ mod store;
 mod tokens;
 mod users;
 
+pub use feed::{PgFeed, FEED_RETENTION};
 pub use store::{is_postgres_url, SqlOptions, SqlStore};
 
 use keyward_core::StoreError;

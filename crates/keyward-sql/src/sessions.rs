@@ -157,13 +157,23 @@ impl SessionStore for SqlStore {
         now: OffsetDateTime,
         idle_cutoff: OffsetDateTime,
     ) -> StoreResult<u64> {
-        on!(self, |p| sqlx::query(PURGE)
+        let n = on!(self, |p| sqlx::query(PURGE)
             .bind(to_unix_ms(now))
             .bind(to_unix_ms(idle_cutoff))
             .execute(p)
             .await
             .map(|d| d.rows_affected()))
-        .map_err(store_error)
+        .map_err(store_error)?;
+        if let crate::store::Pool::Postgres(p) = &self.pool {
+            // The change log keeps what a node that lost its feed may need to replay.
+            let retention = i64::try_from(crate::FEED_RETENTION.as_millis()).unwrap_or(i64::MAX);
+            sqlx::query(crate::feed::TRIM)
+                .bind(retention)
+                .execute(p)
+                .await
+                .map_err(store_error)?;
+        }
+        Ok(n)
     }
 
     async fn ping(&self) -> StoreResult<()> {

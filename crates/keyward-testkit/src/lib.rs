@@ -9,6 +9,7 @@
 )]
 #![allow(missing_docs)]
 
+pub mod cache;
 pub mod conformance;
 pub mod nginx;
 pub mod pg;
@@ -30,6 +31,17 @@ use std::sync::Arc;
 use tempfile::TempDir;
 
 pub use conformance::Fixture;
+
+/// Print logs to the test's output when `KEYWARD_TEST_LOG` names a filter (`RUST_LOG`
+/// syntax): for debugging a test, off otherwise.
+pub fn logs() {
+    if let Ok(filter) = std::env::var("KEYWARD_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
 
 /// A fresh SQLite file store in a temp dir, for the conformance suite.
 pub async fn sqlite_fixture() -> Fixture<SqlStore> {
@@ -151,40 +163,92 @@ pub async fn redis_sessions() -> Fixture<dyn SessionStore> {
     }
 }
 
+async fn cached<E: cache::CacheEngine + 'static>(
+    engine: E,
+    mode: keyward_replica::CacheMode,
+) -> (
+    Arc<keyward_replica::CachedSessions>,
+    Box<dyn std::any::Any + Send + Sync>,
+) {
+    let node = engine.node(mode, std::time::Duration::ZERO).await;
+    (node, Box::new(engine))
+}
+
 /// A near cache in front of a private Redis.
 pub async fn redis_near_sessions() -> Fixture<dyn SessionStore> {
-    redis_cached(keyward_redis::cache::CacheMode::Near(1000)).await
+    let (store, e) = cached(
+        cache::RedisEngine::start().await,
+        keyward_replica::CacheMode::Near(1000),
+    )
+    .await;
+    Fixture {
+        store,
+        keep: vec![e],
+    }
 }
 
 /// A replicated cache in front of a private Redis.
 pub async fn redis_replicated_sessions() -> Fixture<dyn SessionStore> {
-    redis_cached(keyward_redis::cache::CacheMode::Replicated).await
-}
-
-async fn redis_cached(mode: keyward_redis::cache::CacheMode) -> Fixture<dyn SessionStore> {
-    let (store, server) = redis_store().await;
-    let cached = keyward_redis::cache::CachedSessions::start((*store).clone(), mode)
-        .await
-        .unwrap();
-    assert!(cached.is_up());
+    let (store, e) = cached(
+        cache::RedisEngine::start().await,
+        keyward_replica::CacheMode::Replicated,
+    )
+    .await;
     Fixture {
-        store: cached,
-        keep: vec![Box::new(server)],
+        store,
+        keep: vec![e],
     }
 }
 
 /// Redis as a token store, through a replicated cache (the deny check answers from memory).
 pub async fn redis_cached_tokens() -> Fixture<dyn keyward_core::TokenStore> {
-    let (store, server) = redis_store().await;
-    let cached = keyward_redis::cache::CachedSessions::start(
-        (*store).clone(),
-        keyward_redis::cache::CacheMode::Replicated,
+    let (store, e) = cached(
+        cache::RedisEngine::start().await,
+        keyward_replica::CacheMode::Replicated,
     )
-    .await
-    .unwrap();
+    .await;
     Fixture {
-        store: cached,
-        keep: vec![Box::new(server)],
+        store,
+        keep: vec![e],
+    }
+}
+
+/// A near cache in front of a private PostgreSQL.
+pub async fn postgres_near_sessions() -> Fixture<dyn SessionStore> {
+    let (store, e) = cached(
+        cache::PgEngine::start().await,
+        keyward_replica::CacheMode::Near(1000),
+    )
+    .await;
+    Fixture {
+        store,
+        keep: vec![e],
+    }
+}
+
+/// A replicated cache in front of a private PostgreSQL.
+pub async fn postgres_replicated_sessions() -> Fixture<dyn SessionStore> {
+    let (store, e) = cached(
+        cache::PgEngine::start().await,
+        keyward_replica::CacheMode::Replicated,
+    )
+    .await;
+    Fixture {
+        store,
+        keep: vec![e],
+    }
+}
+
+/// PostgreSQL as a token store, through a replicated cache.
+pub async fn postgres_cached_tokens() -> Fixture<dyn keyward_core::TokenStore> {
+    let (store, e) = cached(
+        cache::PgEngine::start().await,
+        keyward_replica::CacheMode::Replicated,
+    )
+    .await;
+    Fixture {
+        store,
+        keep: vec![e],
     }
 }
 

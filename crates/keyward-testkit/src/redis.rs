@@ -110,6 +110,25 @@ impl RedisServer {
         Self::spawn(dir, free_port(), Vec::new(), "Ready to accept connections").await
     }
 
+    /// A standalone server that keeps its data on disk (an append-only file, synced on every
+    /// write), so a restart after [`kill`](Self::kill) finds what it held.
+    pub async fn start_durable() -> Self {
+        let dir = Arc::new(
+            tempfile::Builder::new()
+                .prefix("keyward-redis")
+                .tempdir()
+                .unwrap(),
+        );
+        let extra = ["--appendonly", "yes", "--appendfsync", "always"].map(String::from);
+        Self::spawn(
+            dir,
+            free_port(),
+            extra.to_vec(),
+            "Ready to accept connections",
+        )
+        .await
+    }
+
     /// A standalone server that speaks only TLS, with a certificate for `127.0.0.1` issued by
     /// a private CA made for it (with the openssl CLI); the CA's PEM file is returned.
     pub async fn start_tls() -> (Self, std::path::PathBuf) {
@@ -227,8 +246,14 @@ impl RedisServer {
                 .map(String::from),
             );
         }
-        let mut all = extra.clone();
-        all.extend(args);
+        // Later options win: the defaults first, then what this server asks for (a Sentinel's
+        // configuration file must come first, and it takes no defaults).
+        let mut all = if sentinel {
+            extra.clone()
+        } else {
+            args.clone()
+        };
+        all.extend(if sentinel { args } else { extra });
         let mut me = Self {
             child: None,
             port,
@@ -271,7 +296,8 @@ impl RedisServer {
         }
     }
 
-    /// Start it again on the same port with the same settings, empty (nothing is on disk).
+    /// Start it again on the same port with the same settings: empty, unless it was started
+    /// [durable](Self::start_durable).
     pub async fn restart(&mut self) {
         self.kill().await;
         self.launch("Ready to accept connections").await;
@@ -281,6 +307,17 @@ impl RedisServer {
     pub async fn cli(&self, args: &[&str]) -> String {
         cli(self.port, args).await
     }
+}
+
+/// Run redis-cli against 127.0.0.1 with these arguments (`-p PORT`, `-c`, …).
+pub async fn cli_args(args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1"])
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Run redis-cli against 127.0.0.1:`port`.

@@ -313,6 +313,10 @@ pub struct SettingsArgs {
     /// [default: auto].
     #[arg(long, env = "KEYWARD_REDIS_WAIT_REPLICAS", value_name = "auto|N", value_parser = parse_wait_replicas, global = true)]
     pub redis_wait_replicas: Option<WaitReplicas>,
+    /// How long a `replicated` node keeps validating the sessions and tokens it holds while
+    /// its store cannot be reached (writes answer 503 meanwhile); 0s: not at all [default: 5m].
+    #[arg(long, env = "KEYWARD_OUTAGE_GRACE", value_name = "DUR", value_parser = parse_duration_or_zero, global = true)]
+    pub outage_grace: Option<Duration>,
     /// Sessions a `near` cache holds at most [default: 100000].
     #[arg(
         long,
@@ -366,6 +370,7 @@ struct FileSettings {
     login_failure_window: Option<String>,
     hash_concurrency: Option<usize>,
     store_timeout: Option<String>,
+    outage_grace: Option<String>,
     redis_wait_replicas: Option<String>,
     session_cache_capacity: Option<u64>,
 }
@@ -427,6 +432,7 @@ pub struct Settings {
     pub login_failure_window: Duration,
     pub hash_concurrency: Option<usize>,
     pub store_timeout: Duration,
+    pub outage_grace: Duration,
     pub redis_wait_replicas: WaitReplicas,
 }
 
@@ -532,10 +538,13 @@ impl Settings {
             )?
             .unwrap_or(SessionCache::None),
         };
-        if session_cache != SessionCache::None && !keyward_redis::is_redis_url(&session_store) {
+        if session_cache != SessionCache::None
+            && !keyward_redis::is_redis_url(&session_store)
+            && !keyward_sql::is_postgres_url(&session_store)
+        {
             return Err(bad(
                 "session-cache",
-                "near and replicated follow the change feed of a Redis --session-store; with this store use none",
+                "near and replicated follow the change feed of a Redis or PostgreSQL --session-store; with this store use none",
             ));
         }
         let session_cache_capacity = args
@@ -763,6 +772,18 @@ impl Settings {
         if store_timeout > Duration::from_secs(60) {
             return Err(bad("store-timeout", "must be at most 60s"));
         }
+        let outage_grace = match args.outage_grace {
+            Some(d) => d,
+            None => file_value(
+                "outage-grace",
+                file.outage_grace.as_deref(),
+                parse_duration_or_zero,
+            )?
+            .unwrap_or(Duration::from_secs(300)),
+        };
+        if outage_grace > Duration::from_secs(86_400) {
+            return Err(bad("outage-grace", "must be at most 1d"));
+        }
         let redis_wait_replicas = match args.redis_wait_replicas {
             Some(w) => w,
             None => file_value(
@@ -774,6 +795,7 @@ impl Settings {
         };
         Ok(Self {
             store_timeout,
+            outage_grace,
             redis_wait_replicas,
             bind,
             database,
@@ -957,7 +979,7 @@ mod tests {
     }
 
     #[test]
-    fn session_caches_need_a_redis_store() {
+    fn session_caches_need_a_redis_or_postgres_store() {
         let e = Settings::resolve(&SettingsArgs {
             session_cache: Some(SessionCache::Near),
             ..Default::default()
@@ -975,6 +997,17 @@ mod tests {
         .unwrap();
         assert_eq!(s.session_cache, SessionCache::Replicated);
         assert_eq!(s.session_cache_capacity, 100_000);
+        assert_eq!(s.outage_grace, Duration::from_secs(300));
+        let s = Settings::resolve(&SettingsArgs {
+            database: Some("postgres://kw@db.example/kw".into()),
+            key_encryption_key: Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into()),
+            session_cache: Some(SessionCache::Near),
+            outage_grace: Some(Duration::ZERO),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.session_cache, SessionCache::Near);
+        assert_eq!(s.outage_grace, Duration::ZERO);
     }
 
     #[test]

@@ -123,36 +123,23 @@ pub async fn serve(mut settings: Settings) -> anyhow::Result<()> {
     let kw = Keyward::new(auth, Some(tokens), http);
     tracing::info!(%addr, public_url = %settings.public_url, issuer = %settings.issuer, database = %crate::config::redacted(&settings.database), session_store = %crate::config::redacted(&settings.session_store), "keyward listening");
 
-    // Every 30 s: drop what has expired, and pick up signing keys rotated elsewhere (the
-    // contract promises within a minute). Redis expires keys by itself; its sweep only
-    // prunes what TTLs cannot (index entries), and walks the whole key space, so it runs
-    // hourly.
+    // Every 30 s: drop what has expired (from a session cache's memory too; Redis, which
+    // expires keys by itself, prunes its indexes at most hourly), make a signing key when one
+    // is due, and pick up keys rotated elsewhere (the contract promises within a minute).
     let background = kw.clone();
-    let sweep_every: u32 = if keyward_redis::is_redis_url(&settings.session_store) {
-        120
-    } else {
-        1
-    };
     tokio::spawn(async move {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
         every.tick().await;
-        let mut round: u32 = 0;
         loop {
             every.tick().await;
-            round = round.wrapping_add(1);
-            let sweep = round % sweep_every == 0;
-            if sweep {
-                match background.auth().purge_expired().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::debug!(purged = n, "expired sessions removed"),
-                    Err(e) => tracing::warn!(error = %e, "purging expired sessions failed"),
-                }
+            match background.auth().purge_expired().await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(purged = n, "expired sessions removed"),
+                Err(e) => tracing::warn!(error = %e, "purging expired sessions failed"),
             }
             if let Some(t) = background.tokens() {
-                if sweep {
-                    if let Err(e) = t.purge().await {
-                        tracing::warn!(error = %e, "purging expired tokens failed");
-                    }
+                if let Err(e) = t.purge().await {
+                    tracing::warn!(error = %e, "purging expired tokens failed");
                 }
                 // A new key on schedule (made by one node; the others pick it up here).
                 match t.rotate_if_due().await {

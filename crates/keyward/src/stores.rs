@@ -2,11 +2,13 @@
 
 use crate::config::SessionCache;
 use crate::config::{ConfigError, Settings};
+use keyward_core::feed::ChangeFeed;
 use keyward_core::{
     DynFailureLog, DynKeyStore, DynSessionStore, DynTokenStore, DynUserStore, MemorySessionStore,
 };
-use keyward_redis::cache::{CacheMode, CachedSessions};
+use keyward_redis::feed::RedisFeed;
 use keyward_redis::{RedisOptions, RedisStore};
+use keyward_replica::{CacheMode, CacheOptions, CachedSessions};
 use keyward_sql::{SqlOptions, SqlStore};
 use keyward_token::Kek;
 use std::io::Write;
@@ -73,7 +75,8 @@ fn sql_failure(setting: &'static str, url: &str, e: keyward_sql::OpenError) -> O
     }
 }
 
-/// Open (and migrate) the users database and the session store.
+/// Open (and migrate) the users database and the session store, and the session cache in
+/// front of the store when one is asked for.
 pub async fn open(settings: &Settings) -> Result<Stores, OpenFailure> {
     let sql = SqlOptions {
         timeout: settings.store_timeout,
@@ -87,47 +90,69 @@ pub async fn open(settings: &Settings) -> Result<Stores, OpenFailure> {
     // Failed sign-ins are counted where the sessions are, when other processes share it
     // (PostgreSQL, a SQLite file, Redis): then N nodes allow what one allows.
     let shared = |s: &Arc<SqlStore>| s.is_shared().then(|| s.clone() as DynFailureLog);
-    let (sessions, tokens, failure_log): (DynSessionStore, DynTokenStore, Option<DynFailureLog>) =
-        if settings.session_store == settings.database {
-            (db.clone(), db.clone(), shared(&db))
-        } else if settings.session_store == "memory" {
-            let m = Arc::new(MemorySessionStore::new());
-            (m.clone(), m, None)
-        } else if keyward_redis::is_redis_url(&settings.session_store) {
-            let options = RedisOptions {
+    // The store, and its change feed when it has one.
+    let (sessions, tokens, failure_log, feed): (
+        DynSessionStore,
+        DynTokenStore,
+        Option<DynFailureLog>,
+        Option<Arc<dyn ChangeFeed>>,
+    ) = if settings.session_store == settings.database {
+        let feed = db.feed().map(|f| Arc::new(f) as Arc<dyn ChangeFeed>);
+        (db.clone(), db.clone(), shared(&db), feed)
+    } else if settings.session_store == "memory" {
+        let m = Arc::new(MemorySessionStore::new());
+        (m.clone(), m, None, None)
+    } else if keyward_redis::is_redis_url(&settings.session_store) {
+        let options = RedisOptions {
+            idle_timeout: time::Duration::try_from(settings.idle_timeout)
+                .map_err(|e| OpenFailure::Config(open_error("idle-timeout", e)))?,
+            timeout: settings.store_timeout,
+            wait_replicas: settings.redis_wait_replicas,
+            wait_timeout: (settings.store_timeout / 2).min(std::time::Duration::from_secs(1)),
+        };
+        let s = RedisStore::connect(&settings.session_store, options)
+            .await
+            .map_err(|e| OpenFailure::Config(open_error("session-store", e)))?;
+        let feed = match settings.session_cache {
+            SessionCache::None => None,
+            _ => Some(Arc::new(
+                RedisFeed::new(s.clone())
+                    .map_err(|e| OpenFailure::Config(open_error("session-cache", e)))?,
+            ) as Arc<dyn ChangeFeed>),
+        };
+        let s = Arc::new(s);
+        (s.clone(), s.clone(), Some(s), feed)
+    } else {
+        let s = Arc::new(
+            SqlStore::open_with(&settings.session_store, sql)
+                .await
+                .map_err(|e| sql_failure("session-store", &settings.session_store, e))?,
+        );
+        let feed = s.feed().map(|f| Arc::new(f) as Arc<dyn ChangeFeed>);
+        (s.clone(), s.clone(), shared(&s), feed)
+    };
+    let mode = match settings.session_cache {
+        SessionCache::None => None,
+        SessionCache::Near => Some(CacheMode::Near(settings.session_cache_capacity)),
+        SessionCache::Replicated => Some(CacheMode::Replicated),
+    };
+    // With a cache, the deny check of bearer requests answers from the same feed.
+    let (sessions, tokens): (DynSessionStore, DynTokenStore) = match (mode, feed) {
+        (Some(mode), Some(feed)) => {
+            let options = CacheOptions {
+                mode,
                 idle_timeout: time::Duration::try_from(settings.idle_timeout)
                     .map_err(|e| OpenFailure::Config(open_error("idle-timeout", e)))?,
                 timeout: settings.store_timeout,
-                wait_replicas: settings.redis_wait_replicas,
-                wait_timeout: (settings.store_timeout / 2).min(std::time::Duration::from_secs(1)),
+                outage_grace: settings.outage_grace,
             };
-            let s = RedisStore::connect(&settings.session_store, options)
+            let cached = CachedSessions::start(sessions, tokens, feed, options)
                 .await
-                .map_err(|e| OpenFailure::Config(open_error("session-store", e)))?;
-            let mode = match settings.session_cache {
-                SessionCache::None => None,
-                SessionCache::Near => Some(CacheMode::Near(settings.session_cache_capacity)),
-                SessionCache::Replicated => Some(CacheMode::Replicated),
-            };
-            // With a cache, the deny check of bearer requests answers from the same feed.
-            let (sessions, tokens): (DynSessionStore, DynTokenStore) = match mode {
-                Some(mode) => {
-                    let cached = CachedSessions::start(s.clone(), mode)
-                        .await
-                        .map_err(|e| OpenFailure::Config(open_error("session-cache", e)))?;
-                    (cached.clone(), cached)
-                }
-                None => (Arc::new(s.clone()), Arc::new(s.clone())),
-            };
-            (sessions, tokens, Some(Arc::new(s)))
-        } else {
-            let s = Arc::new(
-                SqlStore::open_with(&settings.session_store, sql)
-                    .await
-                    .map_err(|e| sql_failure("session-store", &settings.session_store, e))?,
-            );
-            (s.clone(), s.clone(), shared(&s))
-        };
+                .map_err(|e| OpenFailure::Config(open_error("session-cache", e)))?;
+            (cached.clone(), cached)
+        }
+        _ => (sessions, tokens),
+    };
     Ok(Stores {
         users: db.clone(),
         sessions,

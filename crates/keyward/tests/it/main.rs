@@ -52,6 +52,20 @@ keyward_testkit::session_store_conformance!(
     redis_replicated_cache_session_store,
     keyward_testkit::redis_replicated_sessions
 );
+keyward_testkit::session_store_conformance!(
+    postgres_near_cache_session_store,
+    keyward_testkit::postgres_near_sessions
+);
+keyward_testkit::session_store_conformance!(
+    postgres_replicated_cache_session_store,
+    keyward_testkit::postgres_replicated_sessions
+);
+keyward_testkit::token_store_conformance!(
+    postgres_cached_token_store,
+    keyward_testkit::postgres_cached_tokens
+);
+keyward_testkit::cache_conformance!(redis_cache, keyward_testkit::cache::RedisEngine::start());
+keyward_testkit::cache_conformance!(postgres_cache, keyward_testkit::cache::PgEngine::start());
 
 async fn failure_logs(log: std::sync::Arc<dyn keyward_core::FailureLog>) {
     keyward_testkit::conformance::failure_log(&*log).await;
