@@ -242,6 +242,26 @@ pub struct Denials {
     pub families: Vec<SessionId>,
 }
 
+/// Where [`ChangeFeed::load_sessions`] puts what it loads.
+pub trait LoadSink: Send {
+    /// About how many sessions are coming, said once and as early as the feed can tell (a
+    /// replicated cache then sizes its table once instead of growing it).
+    fn expect(&mut self, sessions: u64);
+    /// One session.
+    fn session(&mut self, s: ReplicaSession);
+}
+
+/// Where a change was made, for a marker that must follow it.
+#[derive(Debug, Clone, Copy)]
+pub enum Near<'a> {
+    /// A change to a user's shard (sessions, families).
+    Shard(crate::ids::Shard),
+    /// A denial of this `jti`.
+    Denial(&'a str),
+    /// No change: a heartbeat.
+    Nothing,
+}
+
 /// A shared store's change feed.
 ///
 /// [`ChangeFeed::start`] connects and spawns the task that delivers [`FeedMessage`]s: first
@@ -253,17 +273,14 @@ pub trait ChangeFeed: Send + Sync + 'static {
     /// Start following; messages go to `sink` until it is dropped.
     async fn start(&self, sink: tokio::sync::mpsc::UnboundedSender<FeedMessage>)
         -> StoreResult<()>;
-    /// Publish this node's marker, from where a change to `near` was made (Redis routes it to
-    /// that key's slot, whose order it then shares).
-    async fn marker(&self, near: &str, node: &str, id: u64) -> StoreResult<()>;
+    /// Publish this node's marker behind a change to `near` (Redis sends it from the slot the
+    /// change ran on, whose order it then shares).
+    async fn marker(&self, near: Near<'_>, node: &str, id: u64) -> StoreResult<()>;
     /// Ask for [`FeedMessage::Reload`] (the cache stopped trusting the feed on its own: a
     /// marker that never came back).
     fn resync(&self);
-    /// Every live session, for a replicated cache: `each` is called once per session.
-    async fn load_sessions(
-        &self,
-        each: &mut (dyn FnMut(ReplicaSession) + Send),
-    ) -> StoreResult<u64>;
+    /// Every live session, for a replicated cache, into `sink`; returns how many.
+    async fn load_sessions(&self, sink: &mut dyn LoadSink) -> StoreResult<u64>;
     /// Every denial the store holds.
     async fn load_denials(&self) -> StoreResult<Denials>;
 }

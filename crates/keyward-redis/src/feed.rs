@@ -5,8 +5,9 @@
 //! every (re)connection, and whenever the channel falls behind, the feed says
 //! [`FeedMessage::Lost`] and then [`FeedMessage::Reload`], and the cache loads afresh. That load
 //! is fast: every script that changes a session also keeps a packed copy of what a replica
-//! needs in one hash per shard (`{kw.XX}:rx`), and [`RedisFeed::load_sessions`] fetches each
-//! shard's hash as one concatenated reply, shard by shard (on a Cluster, each from its node).
+//! needs, concatenated in short strings per shard (`{kw.XX}:rx:YY`), and
+//! [`RedisFeed::load_sessions`] fetches each shard's strings as one reply, shard by shard (on a
+//! Cluster, each from its node).
 //! docs/benchmarks.md has the figures that chose this over a replayable log.
 
 use crate::{unavailable, RedisStore};
@@ -15,7 +16,9 @@ use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand};
 use keyward_core::clock::from_unix_ms;
-use keyward_core::feed::{ChangeFeed, Denials, FeedEvent, FeedMessage, ReplicaSession};
+use keyward_core::feed::{
+    ChangeFeed, Denials, FeedEvent, FeedMessage, LoadSink, Near, ReplicaSession,
+};
 use keyward_core::{SessionId, SessionRecord, StoreError, StoreResult, TokenHash, UserId};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -216,8 +219,13 @@ impl ChangeFeed for RedisFeed {
         }
     }
 
-    async fn marker(&self, near: &str, node: &str, id: u64) -> StoreResult<()> {
-        let slot = fred::util::redis_keyslot(near.as_bytes());
+    async fn marker(&self, near: Near<'_>, node: &str, id: u64) -> StoreResult<()> {
+        let key = match near {
+            Near::Shard(s) => crate::tag(s),
+            Near::Denial(jti) => crate::tokens::deny_key(jti),
+            Near::Nothing => FEED.to_owned(),
+        };
+        let slot = fred::util::redis_keyslot(key.as_bytes());
         let marker = FeedEvent::Marker {
             node: node.to_owned(),
             id,
@@ -250,46 +258,59 @@ impl ChangeFeed for RedisFeed {
         }
     }
 
-    async fn load_sessions(
-        &self,
-        each: &mut (dyn FnMut(ReplicaSession) + Send),
-    ) -> StoreResult<u64> {
+    async fn load_sessions(&self, sink: &mut dyn LoadSink) -> StoreResult<u64> {
         use futures_util::{StreamExt, TryStreamExt};
         let store = &self.store;
         let mut shards = futures_util::stream::iter(0..=255u8)
             .map(|shard| async move {
-                let key = format!("{}:rx", crate::tag(shard));
                 let blob: Option<bytes::Bytes> = store
-                    .eval(&crate::scripts::LOAD_SHARD, key, Vec::<String>::new())
+                    .eval(
+                        &crate::scripts::LOAD_SHARD,
+                        crate::tag(shard),
+                        vec![crate::tag(shard)],
+                    )
                     .await?;
                 Ok::<_, StoreError>(blob.unwrap_or_default())
             })
             .buffer_unordered(PARALLEL_SHARDS);
         let mut n = 0;
         while let Some(blob) = shards.try_next().await? {
-            n += unpack_shard(&blob, each)?;
+            let first = n == 0;
+            n += unpack_shard(&blob, &mut |s| sink.session(s))?;
+            if first {
+                // Users' shards fill evenly: the first tells about them all.
+                sink.expect(n * 256 + n * 8);
+            }
         }
         Ok(n)
     }
 
     async fn load_denials(&self) -> StoreResult<Denials> {
+        use futures_util::{StreamExt, TryStreamExt};
+        let store = &self.store;
+        let mut shards = futures_util::stream::iter(0..=255u8)
+            .map(|shard| async move {
+                let (denied, families): (Vec<String>, Vec<String>) = store
+                    .eval(
+                        &crate::scripts::LOAD_SHARD_DENIALS,
+                        crate::tag(shard),
+                        vec![crate::tag(shard)],
+                    )
+                    .await?;
+                Ok::<_, StoreError>((denied, families))
+            })
+            .buffer_unordered(PARALLEL_SHARDS);
         let mut denials = Denials::default();
-        for key in self.store.scan("kw:d:*").await? {
-            let until: Option<i64> = self.store.client().get(&key).await.map_err(unavailable)?;
-            if let (Some(until), Some(jti)) = (until, key.get(5..)) {
-                denials.tokens.push((jti.to_owned(), from_unix_ms(until)));
+        while let Some((denied, families)) = shards.try_next().await? {
+            for pair in denied.chunks_exact(2) {
+                if let [jti, until] = pair {
+                    let until = until.parse::<f64>().unwrap_or(0.0) as i64;
+                    denials.tokens.push((jti.clone(), from_unix_ms(until)));
+                }
             }
-        }
-        for key in self.store.scan("{kw.??}:f:*").await? {
-            let revoked: bool = self
-                .store
-                .client()
-                .hexists(&key, "r")
-                .await
-                .map_err(unavailable)?;
-            if let (true, Some(fid)) = (revoked, key.get(10..).and_then(SessionId::parse)) {
-                denials.families.push(fid);
-            }
+            denials
+                .families
+                .extend(families.iter().filter_map(|f| SessionId::parse(f)));
         }
         Ok(denials)
     }

@@ -17,8 +17,9 @@
 //! | `{kw.XX}:f:<family id>` | hash | a refresh family (`r` set once revoked) |
 //! | `{kw.XX}:r:<token sha-256>` | hash | a refresh token: its family, and once used, when and its successor |
 //! | `{kw.XX}:uf:<user id>` | set | a user's family ids |
-//! | `{kw.XX}:rx` | hash | the shard's sessions packed as a replica needs them (see [`feed`]) |
-//! | `kw:d:<jti>` | string | a denied access token, until its expiry |
+//! | `{kw.XX}:rx:YY` | string | the shard's sessions whose hash's second byte is `YY`, packed as a replica needs them (see [`feed`]) |
+//! | `{kw.XX}:dl` | sorted set | denied access tokens (`jti` by expiry); `XX`: the first byte of the jti's SHA-256 |
+//! | `{kw.XX}:rf` | hash | the shard's revoked families (id → end), loaded by cached nodes |
 //!
 //! Expiry is Redis's own: every key carries a TTL, so an abandoned session or family
 //! disappears without a sweeper, and the per-user indexes, whose entries can outlive their

@@ -24,10 +24,49 @@ local function trim_failures(key, since, keep)
 end
 -- Every change to a session is announced on the feed, from inside the change itself, so a
 -- node that caches sessions hears of it before the change is acknowledged to anyone.
--- A replica's copy of every session of the shard is kept packed in one hash, `{kw.XX}:rx`,
--- under the raw token hash, so a node loads a shard in one reply (see feed.rs).
+-- A replica's copy of every session is kept packed (see feed.rs), the raw token hash then the
+-- packed fields, concatenated in one string per shard and second byte of the hash,
+-- `{kw.XX}:rx:YY` (~15 sessions each at a million), so a node loads a shard in one reply and a
+-- change rewrites one short string.
 local FEED = 'kw:feed'
 local function raw(h) return (h:gsub('..', function(x) return string.char(tonumber(x, 16)) end)) end
+local function rx_key(tag, h) return tag .. ':rx:' .. string.sub(h, 3, 4) end
+-- Where the entry of raw hash `hr` starts in `blob`, and its size.
+local function rx_find(blob, hr)
+  local pos = 1
+  while pos <= #blob do
+    local size = 89 + string.byte(blob, pos + 32)
+    if string.sub(blob, pos, pos + 31) == hr then return pos, size end
+    pos = pos + size
+  end
+  return nil
+end
+local function rx_put(tag, h, packed)
+  local k, hr = rx_key(tag, h), raw(h)
+  local blob = redis.call('GET', k) or ''
+  local pos, size = rx_find(blob, hr)
+  if pos then blob = string.sub(blob, 1, pos - 1) .. string.sub(blob, pos + size) end
+  redis.call('SET', k, blob .. hr .. packed)
+end
+local function rx_drop(tag, h)
+  local k = rx_key(tag, h)
+  local blob = redis.call('GET', k)
+  if not blob then return end
+  local pos, size = rx_find(blob, raw(h))
+  if not pos then return end
+  blob = string.sub(blob, 1, pos - 1) .. string.sub(blob, pos + size)
+  if #blob == 0 then redis.call('DEL', k) else redis.call('SET', k, blob) end
+end
+-- Rewrite the last use (8 bytes, big-endian) of a session's copy.
+local function rx_touch(tag, h, last_seen)
+  local k = rx_key(tag, h)
+  local blob = redis.call('GET', k)
+  if not blob then return end
+  local pos = rx_find(blob, raw(h))
+  if pos then
+    redis.call('SET', k, string.sub(blob, 1, pos + 72) .. last_seen .. string.sub(blob, pos + 81))
+  end
+end
 local function put(tag, h, sid, uid, ttl, score, packed, fields)
   local k = tag .. ':s:' .. h
   redis.call('DEL', k)
@@ -37,15 +76,22 @@ local function put(tag, h, sid, uid, ttl, score, packed, fields)
   local idx = tag .. ':us:' .. uid
   redis.call('ZADD', idx, score, h)
   extend(idx, ttl)
-  redis.call('HSET', tag .. ':rx', raw(h), packed)
+  rx_put(tag, h, packed)
   local m = hmap(fields)
   redis.call('PUBLISH', FEED, 'c ' .. h .. ' ' .. cjson.encode({i = m.i, u = m.u, n = m.n,
     c = tonumber(m.c), l = tonumber(m.l), e = tonumber(m.e)}))
 end
+-- Revoke the family `fid` (its record `fk`, ending at `e`): marked, listed in the shard's
+-- `{kw.XX}:rf` (what a node loads at catch-up), and announced.
+local function revoke(tag, fid, fk, e, now)
+  redis.call('HSET', fk, 'r', now)
+  redis.call('HSET', tag .. ':rf', fid, e)
+  redis.call('PUBLISH', FEED, 'f ' .. fid)
+end
 local function drop(tag, h, sid, uid)
   redis.call('DEL', tag .. ':s:' .. h, tag .. ':i:' .. sid)
   redis.call('ZREM', tag .. ':us:' .. uid, h)
-  redis.call('HDEL', tag .. ':rx', raw(h))
+  rx_drop(tag, h)
   redis.call('PUBLISH', FEED, 'd ' .. h)
 end
 "#;
@@ -78,9 +124,7 @@ if new <= tonumber(f[1]) then return 0 end
 local ttl = math.min(new + tonumber(ARGV[3]), tonumber(f[2])) - new
 if ttl < 1 then ttl = 1 end
 redis.call('HSET', KEYS[1], 'l', ARGV[2])
-local rx, h = ARGV[1] .. ':rx', raw(string.sub(KEYS[1], 11))
-local v = redis.call('HGET', rx, h)
-if v then redis.call('HSET', rx, h, string.sub(v, 1, 41) .. ARGV[4] .. string.sub(v, 50)) end
+rx_touch(ARGV[1], string.sub(KEYS[1], 11), ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('PEXPIRE', ARGV[1] .. ':i:' .. f[3], ttl)
 extend(ARGV[1] .. ':us:' .. f[4], ttl)
@@ -171,21 +215,38 @@ end
 return n
 "#;
 
-    /// KEYS: a shard's replica index. Its fields and values, concatenated: one reply per
-    /// shard (see `feed::unpack_shard`).
+    /// KEYS: a shard's tag. ARGV: tag. The shard's packed sessions, concatenated: one reply
+    /// per shard (see `feed::unpack_shard`).
     LOAD_SHARD = r#"
-return table.concat(redis.call('HGETALL', KEYS[1]))
+local keys = {}
+for i = 0, 255 do keys[#keys + 1] = ARGV[1] .. ':rx:' .. string.format('%02x', i) end
+local out = {}
+for _, v in ipairs(redis.call('MGET', unpack(keys))) do
+  if v then out[#out + 1] = v end
+end
+return table.concat(out)
 "#;
 
-    /// KEYS: a shard's replica index. ARGV: tag. Removes the copies of sessions whose key has
-    /// expired (TTL expiry announces nothing); returns how many.
+    /// KEYS: a shard's tag. ARGV: tag. Removes the copies of sessions whose key has expired
+    /// (TTL expiry announces nothing); returns how many.
     PURGE_REPLICA_INDEX = r#"
 local n = 0
-for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
-  local h = f:gsub('.', function(c) return string.format('%02x', string.byte(c)) end)
-  if redis.call('EXISTS', ARGV[1] .. ':s:' .. h) == 0 then
-    redis.call('HDEL', KEYS[1], f)
-    n = n + 1
+for i = 0, 255 do
+  local k = ARGV[1] .. ':rx:' .. string.format('%02x', i)
+  local blob = redis.call('GET', k)
+  if blob then
+    local kept, pos = {}, 1
+    while pos <= #blob do
+      local size = 89 + string.byte(blob, pos + 32)
+      local h = string.sub(blob, pos, pos + 31):gsub('.', function(c) return string.format('%02x', string.byte(c)) end)
+      if redis.call('EXISTS', ARGV[1] .. ':s:' .. h) == 1 then
+        kept[#kept + 1] = string.sub(blob, pos, pos + size - 1)
+      else
+        n = n + 1
+      end
+      pos = pos + size
+    end
+    if #kept == 0 then redis.call('DEL', k) else redis.call('SET', k, table.concat(kept)) end
   end
 end
 return n
@@ -227,8 +288,7 @@ if now < tonumber(t[2]) + grace and t[3] == nh then
   local n = redis.call('HMGET', tag .. ':r:' .. nh, 'f', 'used')
   if n[1] and not n[2] then return {'rotated', fam[1], fam[2], fam[3], fam[4], t[1]} end
 end
-redis.call('HSET', fk, 'r', ARGV[3])
-redis.call('PUBLISH', FEED, 'f ' .. t[1])
+revoke(tag, t[1], fk, fam[4], ARGV[3])
 return {'reused', fam[1], fam[2], fam[3], fam[4], t[1]}
 "#;
 
@@ -243,9 +303,9 @@ return {fam[1], fam[2], fam[3], fam[4], t[1]}
 
     /// KEYS: family. ARGV: tag, now_ms. 1 when this call revoked it.
     REVOKE_FAMILY = r#"
-if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], 'r') == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'r', ARGV[2])
-redis.call('PUBLISH', FEED, 'f ' .. string.match(KEYS[1], ':f:(.*)$'))
+local f = redis.call('HMGET', KEYS[1], 'e', 'r')
+if not f[1] or f[2] then return 0 end
+revoke(ARGV[1], string.match(KEYS[1], ':f:(.*)$'), KEYS[1], f[1], ARGV[2])
 return 1
 "#;
 
@@ -260,8 +320,7 @@ local fam = redis.call('HMGET', fk, 'u', 'n', 'c', 'e', 'r')
 if not fam[1] or tonumber(fam[4]) <= tonumber(ARGV[2]) then return {} end
 local changed = '0'
 if not fam[5] then
-  redis.call('HSET', fk, 'r', ARGV[2])
-  redis.call('PUBLISH', FEED, 'f ' .. fid)
+  revoke(ARGV[1], fid, fk, fam[4], ARGV[2])
   changed = '1'
 end
 return {fam[1], fam[2], fam[3], fam[4], fid, changed}
@@ -272,11 +331,11 @@ return {fam[1], fam[2], fam[3], fam[4], fid, changed}
 local n = 0
 for _, fid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local fk = ARGV[1] .. ':f:' .. fid
-  if redis.call('EXISTS', fk) == 0 then
+  local f = redis.call('HMGET', fk, 'e', 'r')
+  if not f[1] then
     redis.call('SREM', KEYS[1], fid)
-  elseif redis.call('HEXISTS', fk, 'r') == 0 then
-    redis.call('HSET', fk, 'r', ARGV[2])
-    redis.call('PUBLISH', FEED, 'f ' .. fid)
+  elseif not f[2] then
+    revoke(ARGV[1], fid, fk, f[1], ARGV[2])
     n = n + 1
   end
 end
@@ -303,23 +362,35 @@ redis.call('SREM', ARGV[1] .. ':uf:' .. f[1], fid)
 return 1
 "#;
 
-    /// KEYS: deny entry. ARGV: tag (unused), until_ms. Keeps it at least until then by
-    /// Redis's clock (and a minute at least): whether it still counts is decided against the
-    /// caller's clock when read.
+    /// KEYS: a bucket's deny list (sorted set: `jti` by when its token expires). ARGV: tag
+    /// (unused), jti, until_ms. Keeps the list at least until then by Redis's clock (and a
+    /// minute at least): whether an entry still counts is decided against the caller's clock.
     DENY = r#"
+redis.call('ZADD', KEYS[1], 'GT', ARGV[3], ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('SET', KEYS[1], ARGV[2], 'PX', math.max(tonumber(ARGV[2]) - now, 60000))
-redis.call('PUBLISH', FEED, 'x ' .. ARGV[2] .. ' ' .. string.sub(KEYS[1], 6))
+extend(KEYS[1], math.max(tonumber(ARGV[3]) - now, 60000))
+redis.call('PUBLISH', FEED, 'x ' .. ARGV[3] .. ' ' .. ARGV[2])
 return 1
 "#;
 
-    /// KEYS: deny entry. ARGV: tag (unused), now_ms. Removes it once its token has expired.
-    PURGE_DENIED = r#"
-local until_ms = redis.call('GET', KEYS[1])
-if not until_ms or tonumber(until_ms) > tonumber(ARGV[2]) then return 0 end
-redis.call('DEL', KEYS[1])
-return 1
+    /// KEYS: a shard's tag. ARGV: tag, now_ms, family afterlife_ms. Drops denials whose
+    /// tokens have expired and revoked families past their end and afterlife; returns how
+    /// many denials went.
+    PURGE_SHARD_DENIALS = r#"
+local n = redis.call('ZREMRANGEBYSCORE', ARGV[1] .. ':dl', '-inf', ARGV[2])
+local rf = ARGV[1] .. ':rf'
+local r = redis.call('HGETALL', rf)
+for i = 1, #r, 2 do
+  if tonumber(r[i + 1]) + tonumber(ARGV[3]) <= tonumber(ARGV[2]) then redis.call('HDEL', rf, r[i]) end
+end
+return n
+"#;
+
+    /// KEYS: a shard's tag. ARGV: tag. The shard's denials and revoked families:
+    /// {{jti, until, jti, until, …}, {fid, …}}.
+    LOAD_SHARD_DENIALS = r#"
+return {redis.call('ZRANGE', ARGV[1] .. ':dl', 0, -1, 'WITHSCORES'), redis.call('HKEYS', ARGV[1] .. ':rf')}
 "#;
 
     /// KEYS: failure log. ARGV: tag (unused), since_ms. The times of the failures after it

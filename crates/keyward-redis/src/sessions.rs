@@ -297,11 +297,7 @@ impl SessionStore for RedisStore {
         let mut n = 0u64;
         for shard in 0..=255u8 {
             let removed: i64 = self
-                .eval(
-                    &PURGE_REPLICA_INDEX,
-                    format!("{}:rx", tag(shard)),
-                    vec![tag(shard)],
-                )
+                .eval(&PURGE_REPLICA_INDEX, tag(shard), vec![tag(shard)])
                 .await?;
             n += u64::try_from(removed).unwrap_or(0);
         }

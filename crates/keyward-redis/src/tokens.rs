@@ -23,8 +23,11 @@ fn token_key(h: &TokenHash) -> String {
     format!("{}:r:{}", tag(h.shard()), h.to_hex())
 }
 
-fn deny_key(jti: &str) -> String {
-    format!("kw:d:{jti}")
+/// The deny list a `jti` belongs to: its bucket is the first byte of the jti's SHA-256.
+pub(crate) fn deny_key(jti: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let bucket = Sha256::digest(jti.as_bytes()).first().copied().unwrap_or(0);
+    format!("{}:dl", tag(bucket))
 }
 
 fn ms(t: OffsetDateTime) -> String {
@@ -181,7 +184,11 @@ impl TokenStore for RedisStore {
     async fn deny(&self, jti: &str, until: OffsetDateTime) -> StoreResult<()> {
         let key = deny_key(jti);
         let _: i64 = self
-            .eval(&DENY, key.clone(), vec![String::new(), ms(until)])
+            .eval(
+                &DENY,
+                key.clone(),
+                vec![String::new(), jti.to_owned(), ms(until)],
+            )
             .await?;
         self.acknowledged(&key).await
     }
@@ -189,12 +196,12 @@ impl TokenStore for RedisStore {
     async fn is_denied(&self, jti: &str, sid: SessionId, now: OffsetDateTime) -> StoreResult<bool> {
         let client = self.client();
         // Two slots on a cluster: two reads, sent together.
-        let (denied_until, revoked): (Option<i64>, bool) = tokio::try_join!(
-            client.get::<Option<i64>, _>(deny_key(jti)),
+        let (denied_until, revoked): (Option<f64>, bool) = tokio::try_join!(
+            client.zscore::<Option<f64>, _, _>(deny_key(jti), jti),
             client.hexists::<bool, _, _>(family_key(sid), "r"),
         )
         .map_err(unavailable)?;
-        Ok(revoked || denied_until.is_some_and(|u| u > to_unix_ms(now)))
+        Ok(revoked || denied_until.is_some_and(|u| u as i64 > to_unix_ms(now)))
     }
 
     /// At most hourly, like the session sweep: calls in between return 0.
@@ -207,13 +214,23 @@ impl TokenStore for RedisStore {
         for (pattern, script) in [
             ("{kw.??}:r:*", &PURGE_TOKEN),
             ("{kw.??}:f:*", &PURGE_FAMILY),
-            ("kw:d:*", &PURGE_DENIED),
         ] {
             for key in self.scan(pattern).await? {
                 let shard_tag = key.get(..7).unwrap_or_default().to_owned();
                 let removed: i64 = self.eval(script, key, vec![shard_tag, ms(now)]).await?;
                 n += u64::try_from(removed).unwrap_or(0);
             }
+        }
+        let afterlife = FAMILY_AFTERLIFE.whole_milliseconds().to_string();
+        for shard in 0..=255u8 {
+            let removed: i64 = self
+                .eval(
+                    &PURGE_SHARD_DENIALS,
+                    tag(shard),
+                    vec![tag(shard), ms(now), afterlife.clone()],
+                )
+                .await?;
+            n += u64::try_from(removed).unwrap_or(0);
         }
         Ok(n)
     }

@@ -26,7 +26,7 @@ mod memory;
 
 use async_trait::async_trait;
 use keyward_core::clock::to_unix_ms;
-use keyward_core::feed::{ChangeFeed, FeedEvent, FeedMessage, ReplicaSession};
+use keyward_core::feed::{ChangeFeed, FeedEvent, FeedMessage, LoadSink, Near, ReplicaSession};
 use keyward_core::{
     DynSessionStore, DynTokenStore, RefreshFamily, RotateOutcome, SessionId, SessionRecord,
     SessionStore, StoreError, StoreResult, TokenHash, TokenStore, UserId,
@@ -375,8 +375,7 @@ impl CachedSessions {
             self.denials_loaded.store(true, Ordering::Release);
             let fresh = Self::empty(&self.options);
             if let Memory::Replicated(table) = &fresh {
-                table.reserve(self.memory().len());
-                let n = self.feed.load_sessions(&mut |s| table.insert(&s)).await?;
+                let n = self.feed.load_sessions(&mut Filling(table)).await?;
                 tracing::info!(
                     sessions = n,
                     elapsed_ms = started.elapsed().as_millis() as u64,
@@ -409,7 +408,7 @@ impl CachedSessions {
                 every.tick().await;
                 let Some(me) = weak.upgrade() else { return };
                 if me.is_up() {
-                    me.barrier("kw:feed").await;
+                    me.barrier(Near::Nothing).await;
                 } else if me.in_outage() && me.sessions.ping().await.is_ok() {
                     *me.outage.lock().unwrap_or_else(PoisonError::into_inner) = None;
                     tracing::info!("the store answers again; catching up");
@@ -424,7 +423,7 @@ impl CachedSessions {
     /// every change before it has then reached this node, and the store has sent it to every
     /// other node in the same pass. A marker not heard within the timeout means the feed is
     /// not delivering: the memory stops being trusted and the feed is asked to resync.
-    async fn barrier(&self, near: &str) {
+    async fn barrier(&self, near: Near<'_>) {
         if !self.is_up() {
             return;
         }
@@ -507,6 +506,18 @@ impl CachedSessions {
     }
 }
 
+/// A replicated table being filled by a load.
+struct Filling<'a>(&'a Replicated);
+
+impl LoadSink for Filling<'_> {
+    fn expect(&mut self, sessions: u64) {
+        self.0.reserve(usize::try_from(sessions).unwrap_or(0));
+    }
+    fn session(&mut self, s: ReplicaSession) {
+        self.0.insert(&s);
+    }
+}
+
 #[async_trait]
 impl SessionStore for CachedSessions {
     async fn create(&self, session: &SessionRecord) -> StoreResult<()> {
@@ -584,8 +595,7 @@ impl SessionStore for CachedSessions {
         self.bump(token_hash);
         self.memory().remove(token_hash);
         if matches!(removed, Ok(Some(_))) {
-            self.barrier(&format!("{{kw.{:02x}}}", token_hash.shard()))
-                .await;
+            self.barrier(Near::Shard(token_hash.shard())).await;
         }
         removed
     }
@@ -599,7 +609,7 @@ impl SessionStore for CachedSessions {
         if let Some(s) = &removed {
             self.bump(&s.token_hash);
             self.memory().remove(&s.token_hash);
-            self.barrier(&format!("{{kw.{:02x}}}", id.shard())).await;
+            self.barrier(Near::Shard(id.shard())).await;
         }
         Ok(removed)
     }
@@ -610,7 +620,7 @@ impl SessionStore for CachedSessions {
             .write(self.sessions.delete_for_user(user, keep))
             .await?;
         if n > 0 {
-            self.barrier(&format!("{{kw.{:02x}}}", user.shard())).await;
+            self.barrier(Near::Shard(user.shard())).await;
         }
         Ok(n)
     }
@@ -624,7 +634,7 @@ impl SessionStore for CachedSessions {
         self.bump(old);
         self.memory().remove(old);
         if matches!(done, Ok(true)) {
-            self.barrier(&format!("{{kw.{:02x}}}", old.shard())).await;
+            self.barrier(Near::Shard(old.shard())).await;
         }
         done
     }
@@ -678,7 +688,7 @@ impl TokenStore for CachedSessions {
             .await?;
         if let RotateOutcome::Reused(f) = &outcome {
             self.revoked.insert(f.id, ());
-            self.barrier(&format!("{{kw.{:02x}}}", f.id.shard())).await;
+            self.barrier(Near::Shard(f.id.shard())).await;
         }
         Ok(outcome)
     }
@@ -695,8 +705,7 @@ impl TokenStore for CachedSessions {
         let done = self.write(self.tokens.revoke_family(family, now)).await?;
         if done {
             self.revoked.insert(family, ());
-            self.barrier(&format!("{{kw.{:02x}}}", family.shard()))
-                .await;
+            self.barrier(Near::Shard(family.shard())).await;
         }
         Ok(done)
     }
@@ -709,7 +718,7 @@ impl TokenStore for CachedSessions {
         let found = self.write(self.tokens.revoke_by_token(token, now)).await?;
         if let Some(f) = &found {
             self.revoked.insert(f.id, ());
-            self.barrier(&format!("{{kw.{:02x}}}", f.id.shard())).await;
+            self.barrier(Near::Shard(f.id.shard())).await;
         }
         Ok(found)
     }
@@ -719,7 +728,7 @@ impl TokenStore for CachedSessions {
             .write(self.tokens.revoke_user_families(user, now))
             .await?;
         if n > 0 {
-            self.barrier(&format!("{{kw.{:02x}}}", user.shard())).await;
+            self.barrier(Near::Shard(user.shard())).await;
         }
         Ok(n)
     }
@@ -727,7 +736,7 @@ impl TokenStore for CachedSessions {
     async fn deny(&self, jti: &str, until: OffsetDateTime) -> StoreResult<()> {
         self.write(self.tokens.deny(jti, until)).await?;
         self.denied.insert(jti.to_owned(), to_unix_ms(until));
-        self.barrier(&format!("kw:d:{jti}")).await;
+        self.barrier(Near::Denial(jti)).await;
         Ok(())
     }
 

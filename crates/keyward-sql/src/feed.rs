@@ -13,7 +13,9 @@ use crate::store_error;
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
 use keyward_core::clock::from_unix_ms;
-use keyward_core::feed::{ChangeFeed, Denials, FeedEvent, FeedMessage, ReplicaSession};
+use keyward_core::feed::{
+    ChangeFeed, Denials, FeedEvent, FeedMessage, LoadSink, Near, ReplicaSession,
+};
 use keyward_core::{SessionId, StoreError, StoreResult, TokenHash, UserId};
 use sqlx::postgres::{PgListener, PgPool};
 use std::collections::HashSet;
@@ -323,7 +325,7 @@ impl ChangeFeed for PgFeed {
         Ok(())
     }
 
-    async fn marker(&self, _near: &str, node: &str, id: u64) -> StoreResult<()> {
+    async fn marker(&self, _near: Near<'_>, node: &str, id: u64) -> StoreResult<()> {
         let m = FeedEvent::Marker {
             node: node.to_owned(),
             id,
@@ -343,10 +345,12 @@ impl ChangeFeed for PgFeed {
         }
     }
 
-    async fn load_sessions(
-        &self,
-        each: &mut (dyn FnMut(ReplicaSession) + Send),
-    ) -> StoreResult<u64> {
+    async fn load_sessions(&self, sink: &mut dyn LoadSink) -> StoreResult<u64> {
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(store_error)?;
+        sink.expect(u64::try_from(count).unwrap_or(0));
         let corrupt = || StoreError::Corrupt("a session row".into());
         let mut rows =
             sqlx::query_as::<_, (Vec<u8>, String, String, String, i64, i64, i64)>(SESSIONS)
@@ -355,7 +359,7 @@ impl ChangeFeed for PgFeed {
         while let Some((hash, id, user, name, c, l, e)) =
             rows.try_next().await.map_err(store_error)?
         {
-            each(ReplicaSession {
+            sink.session(ReplicaSession {
                 token_hash: TokenHash::from_slice(&hash).ok_or_else(corrupt)?,
                 id: SessionId::parse(&id).ok_or_else(corrupt)?,
                 user_id: UserId::parse(&user).ok_or_else(corrupt)?,

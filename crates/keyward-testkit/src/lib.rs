@@ -14,6 +14,7 @@ pub mod conformance;
 pub mod nginx;
 pub mod pg;
 pub mod ports;
+pub mod proxy;
 pub mod redis;
 
 use keyward_core::DynTokenStore;
