@@ -409,10 +409,17 @@ impl CachedSessions {
                 let Some(me) = weak.upgrade() else { return };
                 if me.is_up() {
                     me.barrier(Near::Nothing).await;
-                } else if me.in_outage() && me.sessions.ping().await.is_ok() {
-                    *me.outage.lock().unwrap_or_else(PoisonError::into_inner) = None;
-                    tracing::info!("the store answers again; catching up");
-                    me.feed.resync();
+                } else {
+                    // Without the feed: is the store itself away (an outage begins), or back?
+                    match me.sessions.ping().await {
+                        Ok(()) if me.in_outage() => {
+                            *me.outage.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                            tracing::info!("the store answers again; catching up");
+                            me.feed.resync();
+                        }
+                        Ok(()) => {}
+                        Err(e) => me.store_failed(&e),
+                    }
                 }
             }
         });
@@ -490,14 +497,20 @@ impl CachedSessions {
         }
     }
 
+    /// During an outage, what writes fails at once.
+    fn refuse_in_outage(&self) -> StoreResult<()> {
+        if self.in_outage() {
+            return Err(unavailable("the store does not answer"));
+        }
+        Ok(())
+    }
+
     /// Run a write, failing fast during an outage and noting one it finds.
     async fn write<T>(
         &self,
         f: impl std::future::Future<Output = StoreResult<T>>,
     ) -> StoreResult<T> {
-        if self.in_outage() {
-            return Err(unavailable("the store does not answer"));
-        }
+        self.refuse_in_outage()?;
         let r = f.await;
         if let Err(e) = &r {
             self.store_failed(e);
@@ -591,6 +604,9 @@ impl SessionStore for CachedSessions {
     }
 
     async fn delete(&self, token_hash: &TokenHash) -> StoreResult<Option<SessionRecord>> {
+        // Refused before it is tried: nothing changed, the session is still held. Tried and
+        // failed: it may have gone, so it is no longer served from memory.
+        self.refuse_in_outage()?;
         let removed = self.write(self.sessions.delete(token_hash)).await;
         self.bump(token_hash);
         self.memory().remove(token_hash);
@@ -630,6 +646,7 @@ impl SessionStore for CachedSessions {
     }
 
     async fn replace(&self, old: &TokenHash, new: &SessionRecord) -> StoreResult<bool> {
+        self.refuse_in_outage()?;
         let done = self.write(self.sessions.replace(old, new)).await;
         self.bump(old);
         self.memory().remove(old);
@@ -653,7 +670,10 @@ impl SessionStore for CachedSessions {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        self.sessions.ping().await?;
+        if let Err(e) = self.sessions.ping().await {
+            self.store_failed(&e);
+            return Err(e);
+        }
         if !self.is_up() {
             return Err(unavailable(
                 "the session cache is catching up with the feed",

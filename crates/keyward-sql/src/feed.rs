@@ -304,18 +304,36 @@ impl ChangeFeed for PgFeed {
             last: vec![0; BUCKETS],
         };
         tokio::spawn(async move {
-            // The first `Listening` starts from the heads with a load; later ones repair.
-            let mut first = true;
+            // The first `Listening` starts from the heads with a load; later ones repair. A
+            // resync asked for while not listening waits for the listener: a node must not
+            // trust memory that no connection keeps current.
+            let (mut listening, mut reload) = (false, true);
             loop {
                 let alive = tokio::select! {
                     r = raw.recv() => match r {
-                        Some(Raw::Listening) if std::mem::take(&mut first) => f.reload().await,
-                        Some(Raw::Listening) => f.catch_up().await,
-                        Some(Raw::Broken) => f.send(FeedMessage::Lost),
+                        Some(Raw::Listening) => {
+                            listening = true;
+                            if std::mem::take(&mut reload) {
+                                f.reload().await
+                            } else {
+                                f.catch_up().await
+                            }
+                        }
+                        Some(Raw::Broken) => {
+                            listening = false;
+                            f.send(FeedMessage::Lost)
+                        }
                         Some(Raw::Note(p)) => f.note(&p).await,
                         None => false,
                     },
-                    Some(()) = resync.recv() => f.reload().await,
+                    Some(()) = resync.recv() => {
+                        if listening {
+                            f.reload().await
+                        } else {
+                            reload = true;
+                            true
+                        }
+                    }
                 };
                 if !alive {
                     return;

@@ -185,6 +185,11 @@ impl PgServer {
         self.child = launch(&self.bin, self.root, self._dir.path(), self.port).await;
     }
 
+    /// Its port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// The server's PID (this process started it).
     pub fn pid(&self) -> Option<u32> {
         self.child.id()

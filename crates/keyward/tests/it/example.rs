@@ -5,7 +5,7 @@
 //! Its binary is built outside this test (`cargo build -p resource-service`, which
 //! scripts/test runs first): cargo builds the binaries of the package under test only.
 
-use crate::process::Server;
+use crate::process::{password_grant, Server};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use keyward_testkit::client;
@@ -159,22 +159,6 @@ async fn restart_keyward(dir: &Path, addr: &str) -> Proc {
     proc
 }
 
-/// A password grant: the token response.
-async fn tokens(keyward_base: &str, user: &str) -> Value {
-    let res = client()
-        .post(format!("{keyward_base}/v1/token"))
-        .form(&[
-            ("grant_type", "password"),
-            ("username", user),
-            ("password", PW),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    res.json().await.unwrap()
-}
-
 fn segment(token: &str, i: usize) -> Value {
     let part = token.split('.').nth(i).unwrap();
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
@@ -213,7 +197,7 @@ async fn the_example_service_verifies_tokens_through_the_jwks_only() {
         .await
         .unwrap();
     assert_eq!(res.status(), 201);
-    let pair = tokens(&kw_base, "alice").await;
+    let pair = password_grant(&kw_base, "alice").await;
     let access = pair["access_token"].as_str().unwrap().to_owned();
     let refresh = pair["refresh_token"].as_str().unwrap().to_owned();
     let sub = segment(&access, 1)["sub"].as_str().unwrap().to_owned();
@@ -295,7 +279,7 @@ async fn the_example_service_verifies_tokens_through_the_jwks_only() {
         .to_owned();
     assert_ne!(new_kid, old_kid);
     let _kw = restart_keyward(dir.path(), &kw_addr).await;
-    let rotated = tokens(&kw_base, "alice").await["access_token"]
+    let rotated = password_grant(&kw_base, "alice").await["access_token"]
         .as_str()
         .unwrap()
         .to_owned();

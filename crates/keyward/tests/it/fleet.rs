@@ -1,16 +1,82 @@
-//! Many servers: several real `keyward serve` processes sharing a Redis session store and a
-//! SQLite user database, behind a real nginx doing round robin without stickiness. What one
-//! node does, every node honours at once; restarts, dead nodes and a dead Redis primary lose
-//! no acknowledged session.
+//! Many servers: several real `keyward serve` processes sharing a session store (Redis with a
+//! SQLite user database, or PostgreSQL for both), behind a real nginx doing round robin
+//! without stickiness. What one node does, every node honours at once; restarts, dead nodes
+//! and a dead Redis primary lose no acknowledged session.
 
-use crate::process::{login, me, register_and_login, Server, PW};
+use crate::process::{bearer, login, me, password_grant, register_and_login, settles, Server, PW};
 use keyward_testkit::nginx::Nginx;
+use keyward_testkit::pg::PgServer;
 use keyward_testkit::redis::{free_port, RedisSentinel, RedisServer};
 use keyward_testkit::{client, cookie_pair};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// The shared engine a fleet runs on: a private server, durable (a restart keeps its data).
+pub enum Shared {
+    /// Redis for sessions and tokens, a SQLite file beside the nodes for users.
+    Redis(RedisServer),
+    /// PostgreSQL for everything, and the key-encryption key the nodes share.
+    Postgres(PgServer, String),
+}
+
+impl Shared {
+    pub async fn start(engine: &str) -> Self {
+        match engine {
+            "redis" => Self::Redis(RedisServer::start_durable().await),
+            "postgres" => Self::Postgres(
+                PgServer::start().await,
+                keyward_token::Kek::generate().unwrap().to_text(),
+            ),
+            other => panic!("no engine {other}"),
+        }
+    }
+
+    /// Its port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        match self {
+            Self::Redis(r) => r.port,
+            Self::Postgres(p, _) => p.port(),
+        }
+    }
+
+    /// The store settings of a node in `dir` that reaches the engine on `port` (its own, or a
+    /// proxy's in front of it).
+    pub fn args(&self, dir: &std::path::Path, port: u16) -> Vec<String> {
+        let url = |scheme: &str| format!("{scheme}://127.0.0.1:{port}");
+        match self {
+            Self::Redis(_) => vec![
+                "--session-store".into(),
+                url("redis"),
+                "--database".into(),
+                format!("sqlite://{}/keyward.db", dir.display()),
+            ],
+            Self::Postgres(_, kek) => vec![
+                "--database".into(),
+                format!("{}/postgres?user=postgres", url("postgres")),
+                "--key-encryption-key".into(),
+                kek.clone(),
+            ],
+        }
+    }
+
+    /// Stop it as a crash would.
+    pub async fn kill(&mut self) {
+        match self {
+            Self::Redis(r) => r.kill().await,
+            Self::Postgres(p, _) => p.kill().await,
+        }
+    }
+
+    /// Start it again with what it held.
+    pub async fn restart(&mut self) {
+        match self {
+            Self::Redis(r) => r.restart().await,
+            Self::Postgres(p, _) => p.restart().await,
+        }
+    }
+}
 
 /// N nodes and the load balancer in front of them.
 struct Fleet {
@@ -22,20 +88,43 @@ struct Fleet {
 }
 
 impl Fleet {
+    /// Sessions in `store`, users in a SQLite file the nodes share.
     async fn start(store: &str, n: usize, extra: &[&str]) -> Self {
+        Self::start_with(
+            |dir| {
+                vec![
+                    "--session-store".into(),
+                    store.into(),
+                    "--database".into(),
+                    format!("sqlite://{}/keyward.db", dir.display()),
+                ]
+            },
+            n,
+            extra,
+        )
+        .await
+    }
+
+    /// On `shared`.
+    async fn on(shared: &Shared, n: usize, extra: &[&str]) -> Self {
+        Self::start_with(|dir| shared.args(dir, shared.port()), n, extra).await
+    }
+
+    async fn start_with(
+        stores: impl FnOnce(&std::path::Path) -> Vec<String>,
+        n: usize,
+        extra: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let lb_port = free_port();
-        let mut args: Vec<String> = vec![
-            "--session-store".into(),
-            store.into(),
-            "--database".into(),
-            format!("sqlite://{}/keyward.db", dir.path().display()),
+        let mut args = stores(dir.path());
+        args.extend([
             // One public URL for the fleet: the load balancer's.
             "--public-url".into(),
             format!("http://127.0.0.1:{lb_port}"),
             "--trusted-proxies".into(),
             "127.0.0.1".into(),
-        ];
+        ]);
         args.extend(extra.iter().map(|s| s.to_string()));
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let mut fleet = Self {
@@ -73,6 +162,16 @@ impl Fleet {
             .collect()
     }
 
+    /// The status `GET /v1/me` with `cookie` gets from every node that is up, once a
+    /// revocation has had one feed delivery to reach it (see [`settles`]).
+    async fn refused_everywhere(&self, cookie: &str) -> Vec<u16> {
+        let mut out = Vec::new();
+        for base in self.nodes() {
+            out.push(settles(401, || me(&base, cookie)).await);
+        }
+        out
+    }
+
     /// The status `GET /v1/me` with `cookie` gets from every node that is up, directly.
     async fn me_everywhere(&self, cookie: &str) -> Vec<u16> {
         let mut out = Vec::new();
@@ -97,24 +196,39 @@ impl Drop for Fleet {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_behind_nginx_behave_as_one() {
-    behave_as_one("none").await
+    behave_as_one("redis", "none").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_with_near_caches_behave_as_one() {
-    behave_as_one("near").await
+    behave_as_one("redis", "near").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_with_replicated_caches_behave_as_one() {
-    behave_as_one("replicated").await
+    behave_as_one("redis", "replicated").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_on_postgres_behave_as_one() {
+    behave_as_one("postgres", "none").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_on_postgres_with_near_caches_behave_as_one() {
+    behave_as_one("postgres", "near").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_on_postgres_with_replicated_caches_behave_as_one() {
+    behave_as_one("postgres", "replicated").await
 }
 
 /// Every check is made right after the change is acknowledged, on every node: with a cache,
 /// "at once" means the feed reached every node before the change was acknowledged.
-async fn behave_as_one(cache: &str) {
-    let redis = RedisServer::start().await;
-    let fleet = Fleet::start(&redis.url(), 3, &["--session-cache", cache]).await;
+async fn behave_as_one(engine: &str, cache: &str) {
+    let shared = Shared::start(engine).await;
+    let fleet = Fleet::on(&shared, 3, &["--session-cache", cache]).await;
     let lb = fleet.lb();
     let c = client();
 
@@ -161,7 +275,7 @@ async fn behave_as_one(cache: &str) {
         .await
         .unwrap();
     assert_eq!(res.status(), 204);
-    assert_eq!(fleet.me_everywhere(&b).await, vec![401, 401, 401]);
+    assert_eq!(fleet.refused_everywhere(&b).await, vec![401, 401, 401]);
     assert_eq!(fleet.me_everywhere(&a).await, vec![200, 200, 200]);
 
     // A password change on another node: the old cookie is dead everywhere, the new one and
@@ -178,8 +292,8 @@ async fn behave_as_one(cache: &str) {
     assert_eq!(res.status(), 204);
     let renewed = cookie_pair(res.headers(), "keyward").expect("a new cookie");
     assert_ne!(renewed, a);
-    assert_eq!(fleet.me_everywhere(&a).await, vec![401, 401, 401]);
-    assert_eq!(fleet.me_everywhere(&other).await, vec![401, 401, 401]);
+    assert_eq!(fleet.refused_everywhere(&a).await, vec![401, 401, 401]);
+    assert_eq!(fleet.refused_everywhere(&other).await, vec![401, 401, 401]);
     assert_eq!(fleet.me_everywhere(&renewed).await, vec![200, 200, 200]);
 
     // A logout on the third node holds on all.
@@ -191,7 +305,10 @@ async fn behave_as_one(cache: &str) {
         .await
         .unwrap();
     assert_eq!(res.status(), 204);
-    assert_eq!(fleet.me_everywhere(&renewed).await, vec![401, 401, 401]);
+    assert_eq!(
+        fleet.refused_everywhere(&renewed).await,
+        vec![401, 401, 401]
+    );
 
     // A refresh token rotated on one node and replayed on another revokes the family
     // everywhere: the newest refresh token and the access tokens die with it.
@@ -260,22 +377,29 @@ async fn behave_as_one(cache: &str) {
     .await;
     assert_eq!(st, 400, "the newest refresh token died with its family");
     for n in &nodes {
-        let st = c
-            .get(format!("{n}/v1/me"))
-            .bearer_auth(&access)
-            .send()
-            .await
-            .unwrap()
-            .status();
+        let st = settles(401, || {
+            let req = c.get(format!("{n}/v1/me")).bearer_auth(&access).send();
+            async move { req.await.unwrap().status().as_u16() }
+        })
+        .await;
         assert_eq!(st, 401, "the family's access token is denied on {n}");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expiry_holds_on_every_node_at_once() {
-    let redis = RedisServer::start().await;
-    let fleet = Fleet::start(
-        &redis.url(),
+    expiry_holds_everywhere("redis").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiry_holds_on_every_node_at_once_on_postgres() {
+    expiry_holds_everywhere("postgres").await
+}
+
+async fn expiry_holds_everywhere(engine: &str) {
+    let shared = Shared::start(engine).await;
+    let fleet = Fleet::on(
+        &shared,
         3,
         &["--absolute-timeout", "2s", "--session-cache", "replicated"],
     )
@@ -287,6 +411,67 @@ async fn an_expiry_holds_on_every_node_at_once() {
     // Expiry is the passing of time itself: wait for it.
     tokio::time::sleep_until(made + Duration::from_millis(2_100)).await;
     assert_eq!(fleet.me_everywhere(&a).await, vec![401, 401, 401]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_serves_what_exists_and_nothing_revoked() {
+    late_joiner("redis").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_serves_what_exists_and_nothing_revoked_on_postgres() {
+    late_joiner("postgres").await
+}
+
+/// A replicated node started after sessions were made, ended and tokens revoked: its first
+/// answers (it listens only once it has loaded) are the fleet's.
+async fn late_joiner(engine: &str) {
+    let shared = Shared::start(engine).await;
+    let mut fleet = Fleet::on(&shared, 2, &["--session-cache", "replicated"]).await;
+    let n0 = fleet.nodes()[0].clone();
+    let c = client();
+    let kept = register_and_login(&n0, "lena", PW).await;
+    let ended = login(&n0, "lena", PW).await;
+    let res = c
+        .delete(format!("{n0}/v1/sessions/current"))
+        .header("cookie", &ended)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let live = password_grant(&n0, "lena").await;
+    let revoked = password_grant(&n0, "lena").await;
+    let res = c
+        .post(format!("{n0}/v1/token/revoke"))
+        .form(&[("token", revoked["refresh_token"].as_str().unwrap())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
+    // A third node joins (the load balancer already lists its port).
+    fleet.ports.push(free_port());
+    let joiner = fleet.spawn(2).await;
+    let base = joiner.base.clone();
+    fleet.nodes.push(Some(joiner));
+    assert_eq!(me(&base, &kept).await, 200);
+    assert_eq!(me(&base, &ended).await, 401);
+    let access = |t: &Value| t["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(bearer(&base, &access(&live)).await, 200);
+    assert_eq!(
+        bearer(&base, &access(&revoked)).await,
+        401,
+        "the revoked family's access token"
+    );
+    // And it follows the feed from then on.
+    let res = c
+        .delete(format!("{n0}/v1/sessions/current"))
+        .header("cookie", &kept)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(settles(401, || me(&base, &kept)).await, 401);
 }
 
 /// Requests through the balancer until stopped: `GET /v1/me` with each cookie in turn, and a
@@ -364,9 +549,18 @@ impl Traffic {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_logs_nobody_out_and_fails_no_request() {
-    let redis = RedisServer::start().await;
+    rolling_restart("redis").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_on_postgres_logs_nobody_out_and_fails_no_request() {
+    rolling_restart("postgres").await
+}
+
+async fn rolling_restart(engine: &str) {
+    let shared = Shared::start(engine).await;
     // Replicated caches: each restarted node loads every session before it listens.
-    let mut fleet = Fleet::start(&redis.url(), 3, &["--session-cache", "replicated"]).await;
+    let mut fleet = Fleet::on(&shared, 3, &["--session-cache", "replicated"]).await;
     let lb = fleet.lb();
     let first = register_and_login(&lb, "rolf", PW).await;
     let mut cookies = vec![first];
@@ -608,14 +802,53 @@ async fn sessions_on_rediss_with_users_on_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_login_throttle_counts_failures_fleet_wide() {
     let redis = RedisServer::start().await;
-    let fleet = Fleet::start(&redis.url(), 3, &["--login-max-failures-per-account", "3"]).await;
-    register_and_login(&fleet.lb(), "tom", PW).await;
+    throttle_fleet_wide(Fleet::start(&redis.url(), 3, THROTTLE).await).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_login_throttle_counts_failures_fleet_wide_on_postgres() {
+    let pg = Shared::start("postgres").await;
+    throttle_fleet_wide(Fleet::on(&pg, 3, THROTTLE).await).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_login_throttle_counts_failures_fleet_wide_on_a_shared_sqlite_file() {
+    // Sessions in the database: the one file every node opens.
+    throttle_fleet_wide(
+        Fleet::start_with(
+            |dir| {
+                vec![
+                    "--database".into(),
+                    format!("sqlite://{}/keyward.db", dir.display()),
+                ]
+            },
+            3,
+            THROTTLE,
+        )
+        .await,
+    )
+    .await
+}
+
+const THROTTLE: &[&str] = &["--login-max-failures-per-account", "3"];
+
+/// Three nodes, hit directly, allow the failures one allows: one after the other, and at once.
+async fn throttle_fleet_wide(fleet: Fleet) {
     let c = client();
-    let attempt = |node: String, password: &'static str| {
+    for user in ["tom", "tim"] {
+        let res = c
+            .post(format!("{}/v1/users", fleet.lb()))
+            .json(&json!({"username": user, "password": PW}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+    }
+    let attempt = |node: String, user: &'static str, password: &'static str| {
         let c = c.clone();
         async move {
             c.post(format!("{node}/v1/sessions"))
-                .json(&json!({"username": "tom", "password": password}))
+                .json(&json!({"username": user, "password": password}))
                 .send()
                 .await
                 .unwrap()
@@ -623,11 +856,14 @@ async fn the_login_throttle_counts_failures_fleet_wide() {
     };
     // One wrong password on each node: three in all.
     for node in fleet.nodes() {
-        assert_eq!(attempt(node, "wrong-password-123").await.status(), 401);
+        assert_eq!(
+            attempt(node, "tom", "wrong-password-123").await.status(),
+            401
+        );
     }
     // Every node now refuses even the right password, as one node would.
     for node in fleet.nodes() {
-        let res = attempt(node, PW).await;
+        let res = attempt(node, "tom", PW).await;
         assert_eq!(res.status(), 429);
         let wait: u64 = res.headers()["retry-after"]
             .to_str()
@@ -636,6 +872,22 @@ async fn the_login_throttle_counts_failures_fleet_wide() {
             .unwrap();
         assert!(wait > 0 && wait <= 15 * 60, "{wait}");
     }
+    // Twelve guesses at once, four on each node: the attempts in flight are counted too, so
+    // exactly three are judged and the rest are refused unjudged.
+    let guesses = fleet
+        .nodes()
+        .into_iter()
+        .cycle()
+        .take(12)
+        .map(|node| attempt(node, "tim", "wrong-password-123"));
+    let statuses: Vec<u16> = futures_util::future::join_all(guesses)
+        .await
+        .iter()
+        .map(|r| r.status().as_u16())
+        .collect();
+    let judged = statuses.iter().filter(|s| **s == 401).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!((judged, refused), (3, 9), "{statuses:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

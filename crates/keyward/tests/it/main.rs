@@ -16,6 +16,7 @@ mod example;
 mod expiry;
 mod fleet;
 mod hardening;
+mod outage;
 mod process;
 mod redis;
 mod throttle;
