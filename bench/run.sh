@@ -7,8 +7,9 @@
 #
 # For each session-store mode (`sqlite`: sessions in the same SQLite file as the users, the
 # default; `memory`: --session-store memory; `postgres`: users and sessions in a private
-# PostgreSQL; `redis`: sessions in a private Redis, users in SQLite; `redis-near` and
-# `redis-replicated`: the same with --session-cache near|replicated) the script starts the
+# PostgreSQL; `redis`: sessions in a private Redis, users in SQLite; `redis-near`,
+# `redis-replicated`, `postgres-near`, `postgres-replicated`: the same with
+# --session-cache near|replicated) the script starts the
 # store it needs (initdb + postgres, redis-server, on free loopback ports, stopped afterwards)
 # and its own keyward on 127.0.0.1
 # (port chosen by the kernel: --bind 127.0.0.1:0) with a fresh database in a temp dir, waits for
@@ -30,7 +31,7 @@
 # stopped on exit (by PID) and the temp dirs are removed.
 #
 # Overrides: DURATION=10s WARMUP=2s THREADS=1 CONNS=64 LOGIN_CONNS=4 KEYWARD_BIN=path
-#            MODES="sqlite memory postgres redis redis-near redis-replicated"
+#            MODES="sqlite memory postgres postgres-near postgres-replicated redis redis-near redis-replicated"
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -44,7 +45,7 @@ CONNS=${CONNS:-64}
 LOGIN_CONNS=${LOGIN_CONNS:-4}
 BENCH_USER=bench
 BENCH_PASSWORD=bench-password-1
-read -r -a MODES <<<"${MODES:-sqlite memory postgres redis redis-near redis-replicated}"
+read -r -a MODES <<<"${MODES:-sqlite memory postgres postgres-near postgres-replicated redis redis-near redis-replicated}"
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -73,7 +74,7 @@ need_apt=()
 command -v wrk >/dev/null || need_apt+=(wrk)
 command -v curl >/dev/null || need_apt+=(curl)
 [[ " ${MODES[*]} " == *" redis"* ]] && { command -v redis-server >/dev/null || need_apt+=(redis-server redis-tools); }
-[[ " ${MODES[*]} " == *" postgres "* ]] && { compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql); }
+[[ " ${MODES[*]} " == *" postgres"* ]] && { compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql); }
 if ((${#need_apt[@]})); then
   [[ $(id -u) == 0 ]] || die "missing ${need_apt[*]}; install them (apt-get install ${need_apt[*]})"
   log "installing ${need_apt[*]} with apt-get"
@@ -160,7 +161,7 @@ start_store() {
       for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
       STORE_URL=redis://127.0.0.1:$port
       ;;
-    postgres)
+    postgres*)
       local bin run=()
       bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
       # As root, PostgreSQL runs as the postgres user, which must reach its directory.
@@ -192,8 +193,9 @@ start_server() {
   db=sqlite://$dir/keyward.db
   case $mode in
     memory) extra=(--session-store memory) ;;
-    postgres) start_store "$mode"; db=$STORE_URL
-      extra=(--key-encryption-key "$(head -c32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')") ;;
+    postgres*) start_store "$mode"; db=$STORE_URL
+      extra=(--key-encryption-key "$(head -c32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')")
+      [[ $mode == postgres-* ]] && extra+=(--session-cache "${mode#postgres-}") ;;
     redis) start_store "$mode"; extra=(--session-store "$STORE_URL") ;;
     redis-near) start_store "$mode"; extra=(--session-store "$STORE_URL" --session-cache near) ;;
     redis-replicated) start_store "$mode"; extra=(--session-store "$STORE_URL" --session-cache replicated) ;;
@@ -323,7 +325,7 @@ REPORT=$RESULTS/latest.md
   echo
   echo "- sqlite: sessions in the SQLite database (the default); memory: \`--session-store memory\` (users still in SQLite);"
   echo "  postgres: users and sessions in a private PostgreSQL (fsync off); redis: sessions in a private Redis (users in SQLite);"
-  echo "  redis-near / redis-replicated: the same with \`--session-cache near\` / \`replicated\`. Every store runs on this machine too."
+  echo "  redis-near / redis-replicated / postgres-near / postgres-replicated: the same with \`--session-cache near\` / \`replicated\`. Every store runs on this machine too."
   echo "- errors = non-2xx responses + socket errors during the measured run."
   echo "- Load average (1/5/15 min) before the runs: $LOAD_START; after: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews the numbers)."
 } >"$REPORT"

@@ -6,7 +6,7 @@
 //! [`FeedMessage::Lost`] and then [`FeedMessage::Reload`], and the cache loads afresh. That load
 //! is fast: every script that changes a session also keeps a packed copy of what a replica
 //! needs, concatenated in short strings per shard (`{kw.XX}:rx:YY`), and
-//! [`RedisFeed::load_sessions`] fetches each shard's strings as one reply, shard by shard (on a
+//! [`RedisFeed::load_sessions`] fetches each shard's 256 strings with one `MGET`, shards in parallel (on a
 //! Cluster, each from its node).
 //! docs/benchmarks.md has the figures that chose this over a replayable log.
 
@@ -263,20 +263,21 @@ impl ChangeFeed for RedisFeed {
         let store = &self.store;
         let mut shards = futures_util::stream::iter(0..=255u8)
             .map(|shard| async move {
-                let blob: Option<bytes::Bytes> = store
-                    .eval(
-                        &crate::scripts::LOAD_SHARD,
-                        crate::tag(shard),
-                        vec![crate::tag(shard)],
-                    )
-                    .await?;
-                Ok::<_, StoreError>(blob.unwrap_or_default())
+                // One slot (the shard's tag): one MGET, also on a Cluster. A plain command,
+                // not a script: the server only copies the strings out.
+                let tag = crate::tag(shard);
+                let keys: Vec<String> = (0..=255u8).map(|i| format!("{tag}:rx:{i:02x}")).collect();
+                let blobs: Vec<Option<bytes::Bytes>> =
+                    store.client().mget(keys).await.map_err(unavailable)?;
+                Ok::<_, StoreError>(blobs)
             })
             .buffer_unordered(PARALLEL_SHARDS);
         let mut n = 0;
-        while let Some(blob) = shards.try_next().await? {
+        while let Some(blobs) = shards.try_next().await? {
             let first = n == 0;
-            n += unpack_shard(&blob, &mut |s| sink.session(s))?;
+            for blob in blobs.iter().flatten() {
+                n += unpack_shard(blob, &mut |s| sink.session(s))?;
+            }
             if first {
                 // Users' shards fill evenly: the first tells about them all.
                 sink.expect(n * 256 + n * 8);

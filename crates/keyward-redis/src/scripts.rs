@@ -215,18 +215,6 @@ end
 return n
 "#;
 
-    /// KEYS: a shard's tag. ARGV: tag. The shard's packed sessions, concatenated: one reply
-    /// per shard (see `feed::unpack_shard`).
-    LOAD_SHARD = r#"
-local keys = {}
-for i = 0, 255 do keys[#keys + 1] = ARGV[1] .. ':rx:' .. string.format('%02x', i) end
-local out = {}
-for _, v in ipairs(redis.call('MGET', unpack(keys))) do
-  if v then out[#out + 1] = v end
-end
-return table.concat(out)
-"#;
-
     /// KEYS: a shard's tag. ARGV: tag. Removes the copies of sessions whose key has expired
     /// (TTL expiry announces nothing); returns how many.
     PURGE_REPLICA_INDEX = r#"

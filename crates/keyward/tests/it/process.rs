@@ -70,10 +70,22 @@ impl Server {
                 let _ = count_tx.send(n);
             }
         });
-        let addr = tokio::time::timeout(std::time::Duration::from_secs(30), rx)
-            .await
-            .expect("keyward did not start within 30 s")
-            .expect("keyward exited before listening");
+        let addr = tokio::time::timeout(std::time::Duration::from_secs(30), rx).await;
+        let addr = match addr {
+            Ok(Ok(addr)) => addr,
+            // Say why: what it logged (the reader has seen every line once the pipe closed).
+            Ok(Err(_)) => {
+                let status = child.wait().await.ok();
+                panic!(
+                    "keyward exited ({status:?}) before listening:\n{}",
+                    logs.lock().unwrap().join("\n")
+                )
+            }
+            Err(_) => panic!(
+                "keyward did not start within 30 s:\n{}",
+                logs.lock().unwrap().join("\n")
+            ),
+        };
         Self {
             child,
             base: format!("http://{addr}"),
