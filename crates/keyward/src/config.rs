@@ -230,6 +230,7 @@ pub struct SettingsArgs {
     #[arg(
         long,
         env = "KEYWARD_INTROSPECTION_TOKEN",
+        allow_hyphen_values = true,
         value_name = "SECRET",
         hide_env_values = true,
         value_parser = parse_secret,
@@ -244,6 +245,8 @@ pub struct SettingsArgs {
     #[arg(
         long,
         env = "KEYWARD_KEY_ENCRYPTION_KEY",
+        // A base64url key or a secret may begin with "-": it is still the value.
+        allow_hyphen_values = true,
         value_name = "KEY",
         hide_env_values = true,
         value_parser = parse_secret,

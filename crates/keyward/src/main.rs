@@ -136,3 +136,29 @@ async fn run(command: Command, settings: Settings, json: bool) -> Result<(), Fai
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn secrets_that_begin_with_a_hyphen_are_values() {
+        // "-" is one of base64url's 64 digits: one generated key in 64 begins with it, and
+        // must not be read as a flag (CI once failed on such a key).
+        let kek = "-LAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        let cli = Cli::try_parse_from([
+            "keyward",
+            "serve",
+            "--key-encryption-key",
+            kek,
+            "--introspection-token",
+            "-introspection-secret",
+        ])
+        .unwrap();
+        let key = cli.settings.key_encryption_key.unwrap();
+        assert_eq!(key.expose_secret(), kek);
+        let token = cli.settings.introspection_token.unwrap();
+        assert_eq!(token.expose_secret(), "-introspection-secret");
+    }
+}
