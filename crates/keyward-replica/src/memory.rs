@@ -221,9 +221,11 @@ impl Replicated {
             .sum()
     }
 
-    /// Room for `n` sessions more, spread over the shards (before a load).
+    /// Room for `n` sessions more, spread over the shards (before a load). Token hashes are
+    /// uniform: at a million sessions a shard holds 15,625 ± 125, so 1/32 more (~4 standard
+    /// deviations) leaves each room without holding an eighth of the table empty.
     pub(crate) fn reserve(&self, n: usize) {
-        let per = n / SHARDS + n / SHARDS / 8;
+        let per = n / SHARDS + n / SHARDS / 32;
         for shard in self.shards.iter() {
             let mut s = shard.write().unwrap_or_else(PoisonError::into_inner);
             s.entries.reserve_exact(per);

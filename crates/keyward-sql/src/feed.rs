@@ -8,16 +8,17 @@
 //! `kw_feed` exactly (revocations first), and only when the log no longer holds what was missed
 //! (past [`FEED_RETENTION`]) does the cache load afresh.
 
+use crate::copy::{BinaryCopy, Fields};
 use crate::store::SqlStore;
 use crate::store_error;
 use async_trait::async_trait;
-use futures_util::TryStreamExt;
+use futures_util::StreamExt;
 use keyward_core::clock::from_unix_ms;
 use keyward_core::feed::{
     ChangeFeed, Denials, FeedEvent, FeedMessage, LoadSink, Near, ReplicaSession,
 };
 use keyward_core::{SessionId, StoreError, StoreResult, TokenHash, UserId};
-use sqlx::postgres::{PgListener, PgPool};
+use sqlx::postgres::{PgListener, PgPool, PgPoolCopyExt};
 use std::collections::HashSet;
 use std::time::Duration;
 use tokio::sync::mpsc::{self, UnboundedSender};
@@ -35,13 +36,68 @@ const HEADS: &str = "SELECT bucket, seq FROM kw_feed_heads";
 const MISSED: &str = "SELECT f.bucket, f.seq, f.event FROM kw_feed f \
      JOIN unnest($1::INTEGER[], $2::BIGINT[], $3::BIGINT[]) AS w(b, last, head) \
      ON f.bucket = w.b AND f.seq > w.last AND f.seq <= w.head ORDER BY f.bucket, f.seq";
-const SESSIONS: &str = "SELECT token_hash, id, user_id, username, created_at, last_seen_at, \
-     expires_at FROM sessions";
+/// Part `part` of `parts` of the sessions (by the first byte of their token hash), as binary
+/// COPY: the columns of [`replica_session`].
+fn sessions_copy(parts: u8, part: u8) -> String {
+    format!(
+        "COPY (SELECT token_hash, id, user_id, username, created_at, last_seen_at, expires_at \
+         FROM sessions WHERE get_byte(token_hash, 0) % {parts} = {part}) TO STDOUT (FORMAT binary)"
+    )
+}
+/// How many parts a load reads at once: the server's backends scan them in parallel.
+const LOAD_PARTS: u8 = 2;
+/// How many sessions there are, about: the planner's estimate (the density the last ANALYZE
+/// saw, times the table's pages now), or a count while the table was never analyzed (a count
+/// of a million rows is a scan of its own; a stale estimate after a bulk insert would leave the
+/// replica's table to grow a quarter at a time).
+const ESTIMATE: &str = "SELECT CASE WHEN c.reltuples > 0 AND c.relpages > 0 \
+     THEN (c.reltuples / c.relpages \
+           * (pg_relation_size(c.oid) / current_setting('block_size')::FLOAT8))::BIGINT \
+     ELSE (SELECT count(*) FROM sessions) END \
+     FROM pg_class c WHERE c.oid = 'sessions'::regclass";
 const DENIED: &str = "SELECT jti, expires_at FROM denied_tokens";
 const REVOKED: &str = "SELECT id FROM refresh_families WHERE revoked_at IS NOT NULL";
 /// Events older than the retention (by the database's clock, as the triggers stamp them).
 pub(crate) const TRIM: &str = "DELETE FROM kw_feed \
      WHERE at < (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT - $1";
+
+/// One row of [`sessions_copy`], in the columns' binary send formats (bytea and text as they
+/// are, bigint as 8 bytes big-endian).
+fn replica_session(f: &Fields<'_>) -> StoreResult<ReplicaSession> {
+    let bad = || StoreError::Corrupt("a session row".into());
+    let text = |i: usize| {
+        f.get(i)
+            .copied()
+            .flatten()
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .ok_or_else(bad)
+    };
+    let ms = |i: usize| {
+        f.get(i)
+            .copied()
+            .flatten()
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(|b| from_unix_ms(i64::from_be_bytes(b)))
+            .ok_or_else(bad)
+    };
+    if f.len() != 7 {
+        return Err(bad());
+    }
+    Ok(ReplicaSession {
+        token_hash: f
+            .first()
+            .copied()
+            .flatten()
+            .and_then(TokenHash::from_slice)
+            .ok_or_else(bad)?,
+        id: SessionId::parse(text(1)?).ok_or_else(bad)?,
+        user_id: UserId::parse(text(2)?).ok_or_else(bad)?,
+        username: text(3)?.to_owned(),
+        created_at: ms(4)?,
+        last_seen_at: ms(5)?,
+        expires_at: ms(6)?,
+    })
+}
 
 /// What the reader task saw.
 enum Raw {
@@ -364,29 +420,36 @@ impl ChangeFeed for PgFeed {
     }
 
     async fn load_sessions(&self, sink: &mut dyn LoadSink) -> StoreResult<u64> {
-        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions")
+        let estimate: i64 = sqlx::query_scalar(ESTIMATE)
             .fetch_one(&self.pool)
             .await
             .map_err(store_error)?;
-        sink.expect(u64::try_from(count).unwrap_or(0));
-        let corrupt = || StoreError::Corrupt("a session row".into());
-        let mut rows =
-            sqlx::query_as::<_, (Vec<u8>, String, String, String, i64, i64, i64)>(SESSIONS)
-                .fetch(&self.pool);
+        sink.expect(u64::try_from(estimate).unwrap_or(0));
+        let mut parts = Vec::new();
+        for part in 0..LOAD_PARTS {
+            let rows = self
+                .pool
+                .copy_out_raw(&sessions_copy(LOAD_PARTS, part))
+                .await
+                .map_err(store_error)?;
+            parts.push(rows.map(move |chunk| (part, chunk)));
+        }
+        let mut readers: Vec<BinaryCopy> = (0..LOAD_PARTS).map(|_| BinaryCopy::default()).collect();
+        let mut chunks = futures_util::stream::select_all(parts);
         let mut n = 0;
-        while let Some((hash, id, user, name, c, l, e)) =
-            rows.try_next().await.map_err(store_error)?
-        {
-            sink.session(ReplicaSession {
-                token_hash: TokenHash::from_slice(&hash).ok_or_else(corrupt)?,
-                id: SessionId::parse(&id).ok_or_else(corrupt)?,
-                user_id: UserId::parse(&user).ok_or_else(corrupt)?,
-                username: name,
-                created_at: from_unix_ms(c),
-                last_seen_at: from_unix_ms(l),
-                expires_at: from_unix_ms(e),
-            });
-            n += 1;
+        while let Some((part, chunk)) = chunks.next().await {
+            let chunk = chunk.map_err(store_error)?;
+            let reader = readers
+                .get_mut(usize::from(part))
+                .ok_or_else(|| StoreError::Corrupt("a load part".into()))?;
+            reader.feed::<StoreError>(&chunk, &mut |f| {
+                sink.session(replica_session(f)?);
+                n += 1;
+                Ok(())
+            })?;
+        }
+        for r in &readers {
+            r.finish()?;
         }
         Ok(n)
     }

@@ -5,6 +5,7 @@
 //! ([`store`](crate::store) says where they differ).
 #![deny(missing_docs)]
 
+mod copy;
 mod failures;
 mod feed;
 mod readers;
