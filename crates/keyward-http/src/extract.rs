@@ -81,7 +81,7 @@ pub struct CurrentSession {
 }
 
 impl CurrentSession {
-    async fn resolve(parts: &Parts) -> Result<Option<Self>, ApiError> {
+    pub(crate) async fn resolve(parts: &Parts) -> Result<Option<Self>, ApiError> {
         let kw = keyward_from(parts)?;
         let raw = match session_cookie(&parts.headers, kw.cookie_name()) {
             CookieToken::Absent => return Ok(None),

@@ -1,12 +1,9 @@
 //! Middleware: the cross-site refusal and the security headers every response carries.
 
-use crate::error::ApiError;
 use crate::extract::{bearer_token, session_cookie, CookieToken};
 use crate::Keyward;
-use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 fn is_unsafe(method: &Method) -> bool {
     !matches!(
@@ -68,31 +65,9 @@ pub(crate) fn cross_site_refusal(
     None
 }
 
-/// The one middleware every request passes (one layer, not three: each `from_fn` layer clones
-/// the inner service and boxes a future per request): time and count it by route, refuse
-/// cross-site unsafe requests before any handler runs (so they change nothing), and put the
-/// security headers on whatever answers.
-pub(crate) async fn edge(State(kw): State<Keyward>, req: Request, next: Next) -> Response {
-    let timing = crate::metrics::start(&req);
-    let mut res = match cross_site_refusal(&kw, req.method(), req.uri().path(), req.headers()) {
-        Some(why) => {
-            let peer = req
-                .extensions()
-                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|c| kw.resolve_client(c.0.ip(), req.headers()));
-            tracing::info!(target: keyward_core::AUDIT, event = "cross_site_refused", method = %req.method(), path = %req.uri().path(), ip = %keyward_core::auth::show_ip(peer));
-            ApiError::Forbidden(why).into_response()
-        }
-        None => next.run(req).await,
-    };
-    security_headers(&mut res);
-    crate::metrics::finish(timing, &res);
-    res
-}
-
 /// Headers on every response: nothing is cached (responses carry sessions and user data), no
 /// sniffing, no framing, no referrer leaks.
-fn security_headers(res: &mut Response) {
+pub(crate) fn security_headers(res: &mut Response) {
     let h = res.headers_mut();
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));

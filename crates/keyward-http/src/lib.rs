@@ -1,31 +1,43 @@
-//! keyward over HTTP.
+//! keyward over HTTP, and in your axum app.
 //!
-//! [`Keyward`] wraps an [`AuthService`] with the HTTP settings and gives:
-//! - [`Keyward::router`]: the whole server (API, pages, health, metrics, OpenAPI);
-//! - [`Keyward::layer`]: a layer for embedding keyward in another axum/tower app, after which
-//!   the [`CurrentSession`] extractor gives the signed-in user's session in any handler.
+//! [`Keyward`] wraps an [`AuthService`] (and optionally a [`TokenService`]) with the HTTP
+//! settings and gives:
+//! - [`Keyward::router`]: the whole server (API, OAuth endpoints, pages, health, metrics,
+//!   OpenAPI, keyward's answers for unknown routes): what `keyward serve` serves;
+//! - for an app that embeds keyward: [`Keyward::layer`], a [`tower::Layer`] for the app's own
+//!   routes (extractors, cross-site refusal, security headers, metrics);
+//!   [`CurrentSession`], [`Principal`] and [`AuthSession`] (sign-in and sign-out in the app's
+//!   own handlers); [`Keyward::api_router`], [`Keyward::oauth_router`] and
+//!   [`Keyward::pages_router`], mountable beside the app's routes (no fallback, no global side
+//!   effect); and [`Keyward::maintenance`], the background work to spawn.
+//!
+//! `examples/embed-axum` is an app built this way.
 //!
 //! This crate is the only one that knows HTTP: status codes are decided in [`error`] alone.
 #![deny(missing_docs)]
 
+mod auth_session;
 pub mod error;
 pub mod extract;
 mod guard;
+mod layer;
 pub mod metrics;
 mod oauth;
 mod pages;
 mod routes;
 
+pub use auth_session::{AuthSession, SignedIn, SignedOut};
+pub use axum::http::HeaderMap;
 pub use error::ApiError;
 pub use extract::{ClientAddr, CurrentSession, MaybeSession, Principal};
-
-use axum::http::HeaderMap;
 use ipnet::IpNet;
 use keyward_core::AuthService;
+pub use keyward_core::Password;
 use keyward_token::TokenService;
+pub use layer::{KeywardLayer, KeywardService};
 use std::net::IpAddr;
 use std::sync::Arc;
-use url::Url;
+pub use url::Url;
 
 /// Settings of the HTTP edge.
 #[derive(Debug, Clone)]
@@ -192,14 +204,71 @@ impl Keyward {
         client
     }
 
-    /// A layer that makes [`CurrentSession`] and friends work in another app's handlers.
-    pub fn layer(&self) -> axum::Extension<Keyward> {
-        axum::Extension(self.clone())
+    /// The layer for an app's own routes (see [`KeywardLayer`]): put it on the router that
+    /// holds them, `Router::new().route(…).layer(kw.layer())`.
+    pub fn layer(&self) -> KeywardLayer {
+        KeywardLayer::new(self.clone())
     }
 
-    /// The whole keyward server.
+    /// The whole keyward server, as `keyward serve` runs it.
     pub fn router(&self) -> axum::Router {
         routes::router(self)
+    }
+
+    /// The JSON API (`/v1/users`, `/v1/sessions…`, `/v1/me`, `/v1/verify`) with `/healthz`,
+    /// `/readyz` and `/openapi.json`, behind its own layer, to merge into an app.
+    pub fn api_router(&self) -> axum::Router {
+        routes::mountable(self, routes::api())
+    }
+
+    /// The token endpoints (`/v1/token…`) and their metadata (`/.well-known/…`).
+    pub fn oauth_router(&self) -> axum::Router {
+        routes::mountable(self, oauth::routes())
+    }
+
+    /// The pages (`/`, `/register`, `/account…`, `/assets/keyward.css`). Their forms post to
+    /// the JSON API's routes: merge [`Keyward::api_router`] beside them.
+    pub fn pages_router(&self) -> axum::Router {
+        routes::mountable(self, pages::routes())
+    }
+
+    /// The background work a node does, every 30 s until the returned future is dropped:
+    /// drop expired sessions and tokens (from a session cache's memory too), make a signing
+    /// key when one is due (one node of a fleet does), and pick up keys rotated elsewhere.
+    /// Spawn it once per process: `tokio::spawn(kw.maintenance())`.
+    pub fn maintenance(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let kw = self.clone();
+        async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                kw.maintain().await;
+            }
+        }
+    }
+
+    /// One round of [`Keyward::maintenance`].
+    pub async fn maintain(&self) {
+        match self.auth().purge_expired().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(purged = n, "expired sessions removed"),
+            Err(e) => tracing::warn!(error = %e, "purging expired sessions failed"),
+        }
+        let Some(t) = self.tokens() else { return };
+        if let Err(e) = t.purge().await {
+            tracing::warn!(error = %e, "purging expired tokens failed");
+        }
+        // A new key on schedule (made by one node; the others pick it up below).
+        match t.rotate_if_due().await {
+            Ok(Some(kid)) => tracing::info!(%kid, "signing key rotated on schedule"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "rotating the signing key failed"),
+        }
+        if let Err(e) = t.reload_keys().await {
+            tracing::warn!(error = %e, "reloading signing keys failed");
+        }
     }
 }
 

@@ -18,7 +18,8 @@ const BUCKETS: &[f64] = &[
 ];
 
 /// Install the process-wide Prometheus recorder (once; later calls return the same handle).
-/// `None` when another recorder was installed first.
+/// `None` when another recorder was installed first. A process-wide side effect: the binary
+/// calls it at start, an embedding app only if it wants keyward's recorder as its own.
 pub fn install() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
@@ -28,6 +29,14 @@ pub fn install() -> Option<PrometheusHandle> {
             Some(handle)
         })
         .clone()
+}
+
+/// The text exposition of the recorder [`install`] put in place, if it did.
+pub fn render() -> Option<String> {
+    HANDLE
+        .get()
+        .and_then(Option::as_ref)
+        .map(PrometheusHandle::render)
 }
 
 fn describe() {

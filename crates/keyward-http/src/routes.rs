@@ -5,10 +5,9 @@ use crate::extract::{
     device_cookie, presented_session, user_agent, BodyKind, ClientAddr, CurrentSession, Input,
     JsonBody, Principal, DEVICE_COOKIE_NAME,
 };
-use crate::{guard, metrics as kw_metrics, pages, Keyward};
+use crate::{metrics as kw_metrics, pages, Keyward};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
-use axum::middleware;
 use axum::response::{AppendHeaders, IntoResponse, Redirect, Response};
 use axum::routing::{any, get, post, put};
 use axum::{Json, Router};
@@ -20,8 +19,8 @@ use time::OffsetDateTime;
 /// Largest request body accepted.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
-pub(crate) fn router(kw: &Keyward) -> Router {
-    let prometheus = kw_metrics::install();
+/// The JSON API and the health and OpenAPI routes, in keyward's state.
+pub(crate) fn api() -> Router<Keyward> {
     Router::new()
         .route("/v1/users", post(create_user))
         .route("/v1/users/me/password", put(change_password))
@@ -38,22 +37,33 @@ pub(crate) fn router(kw: &Keyward) -> Router {
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
         .route("/readyz", get(readyz))
-        .route(
-            "/metrics",
-            get(move || {
-                let body = prometheus.as_ref().map(|h| h.render()).unwrap_or_default();
-                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body) }
-            }),
-        )
         .route("/openapi.json", get(openapi))
-        .merge(crate::oauth::routes())
-        .merge(pages::routes())
-        .fallback(|| async { ApiError::NotFound })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(middleware::from_fn_with_state(kw.clone(), guard::edge))
+}
+
+/// Routes made mountable: keyward's state, the body limit and the layer, no fallback.
+pub(crate) fn mountable(kw: &Keyward, routes: Router<Keyward>) -> Router {
+    routes
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(kw.layer())
         .with_state(kw.clone())
+}
+
+/// The whole server: every route, `/metrics` (the recorder the binary installed, if any),
+/// and keyward's answers for unknown routes and methods, all behind the layer.
+pub(crate) fn router(kw: &Keyward) -> Router {
+    let routes = api()
+        .route(
+            "/metrics",
+            get(|| async {
+                let body = kw_metrics::render().unwrap_or_default();
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+            }),
+        )
+        .merge(crate::oauth::routes())
+        .merge(pages::routes())
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
+    mountable(kw, routes)
 }
 
 // ------------------------------------------------------------------ wire types

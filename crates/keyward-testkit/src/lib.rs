@@ -19,12 +19,12 @@ pub mod redis;
 
 use keyward_core::DynTokenStore;
 use keyward_core::{
-    AuthConfig, AuthService, DynSessionStore, DynUserStore, ManualClock, MemorySessionStore,
-    PasswordHasher, SessionStore, UserStore,
+    AuthConfig, DynSessionStore, DynUserStore, ManualClock, MemorySessionStore, SessionStore,
+    UserStore,
 };
-use keyward_http::{HttpConfig, Keyward};
+use keyward_http::Keyward;
 use keyward_sql::SqlStore;
-use keyward_token::{Kek, SigningAlg, TokenConfig, TokenService};
+use keyward_token::{SigningAlg, TokenService};
 use reqwest::header::{HeaderMap, SET_COOKIE};
 use reqwest::{Client, Response};
 use std::net::SocketAddr;
@@ -452,95 +452,87 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(AppOptions::default()).await
 }
 
-/// Spawn keyward with these options.
+/// Spawn keyward with these options: the production composition root
+/// ([`keyward::Application`]) on `127.0.0.1:0`, with a fresh SQLite database in a temp dir and
+/// a [`ManualClock`].
 pub async fn spawn_app_with(opts: AppOptions) -> TestApp {
+    use keyward::config::{Settings, SettingsArgs, TokenAlgorithm};
     let dir = tempfile::tempdir().unwrap();
-    let db = Arc::new(
-        SqlStore::open(&format!(
-            "sqlite://{}",
-            dir.path().join("keyward.db").display()
-        ))
-        .await
-        .unwrap(),
-    );
+    let std = |d: time::Duration| std::time::Duration::try_from(d).unwrap();
+    let t = &opts.auth.throttle;
+    let args = SettingsArgs {
+        bind: Some("127.0.0.1:0".parse().unwrap()),
+        database: Some(
+            format!("sqlite://{}", dir.path().join("keyward.db").display())
+                .as_str()
+                .into(),
+        ),
+        session_store: (opts.sessions == SessionBackend::Memory).then(|| "memory".into()),
+        public_url: opts.public_url.as_deref().map(|u| u.parse().unwrap()),
+        allowed_origins: Some(
+            opts.allowed_origins
+                .iter()
+                .map(|o| o.parse().unwrap())
+                .collect(),
+        ),
+        trusted_proxies: Some(
+            opts.trusted_proxies
+                .iter()
+                .map(|p| p.parse().unwrap())
+                .collect(),
+        ),
+        idle_timeout: Some(std(opts.auth.idle_timeout)),
+        absolute_timeout: Some(std(opts.auth.absolute_timeout)),
+        open_registration: Some(opts.auth.open_registration),
+        login_max_failures_per_account: Some(t.per_account),
+        login_max_failures_per_address: Some(t.per_address),
+        login_failure_window: Some(std(t.window)),
+        registration_max_per_address: Some(t.registrations_per_address),
+        token_max_failures_per_address: Some(t.token_failures_per_address),
+        access_token_ttl: Some(std(opts.access_ttl)),
+        refresh_token_ttl: Some(std(opts.refresh_ttl)),
+        refresh_reuse_grace: Some(std(opts.refresh_reuse_grace)),
+        token_algorithm: Some(match opts.algorithm {
+            SigningAlg::EdDSA => TokenAlgorithm::EdDSA,
+            SigningAlg::ES256 => TokenAlgorithm::ES256,
+            SigningAlg::RS256 => TokenAlgorithm::RS256,
+        }),
+        introspection_token: opts.introspection_token.map(Into::into),
+        password_grant: Some(opts.password_grant),
+        key_rotation_interval: Some(std(opts.key_rotation_interval)),
+        ..SettingsArgs::default()
+    };
+    let settings = Settings::resolve(&args).unwrap();
+    let clock = Arc::new(ManualClock::starting_now());
     let mut switch = None;
-    let (sessions, token_store): (DynSessionStore, DynTokenStore) = match opts.sessions {
-        SessionBackend::Sqlite => (db.clone(), db.clone()),
-        SessionBackend::Memory => {
-            let m = Arc::new(MemorySessionStore::new());
-            (m.clone(), m)
-        }
-        SessionBackend::Switchable => {
+    let app = keyward::Application::build_with(settings, clock.clone(), |mut stores| {
+        if opts.sessions == SessionBackend::Switchable {
             let s = Arc::new(SwitchableStore::default());
             switch = Some(s.clone());
-            (s, Arc::new(MemorySessionStore::new()))
+            stores.sessions = s;
+            stores.tokens = Arc::new(MemorySessionStore::new());
+            stores.failure_log = None;
         }
-    };
-    let users: DynUserStore = db.clone();
-    let clock = Arc::new(ManualClock::starting_now());
-    let mut auth = AuthService::new(
-        users.clone(),
-        sessions.clone(),
-        PasswordHasher::new(None).unwrap(),
-        clock.clone(),
-        opts.auth,
-    )
-    .with_token_store(token_store.clone());
-    if opts.sessions == SessionBackend::Sqlite {
-        // As the server does: failures are counted in the shared database file.
-        auth = auth.with_failure_log(db.clone());
-    }
-    let auth = Arc::new(auth);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let public = opts.public_url.unwrap_or_else(|| format!("http://{addr}"));
-    let tokens = Arc::new(
-        TokenService::new(
-            auth.clone(),
-            token_store.clone(),
-            db,
-            Kek::generate().unwrap(),
-            TokenConfig {
-                access_ttl: opts.access_ttl,
-                refresh_ttl: opts.refresh_ttl,
-                algorithm: opts.algorithm,
-                refresh_reuse_grace: opts.refresh_reuse_grace,
-                password_grant: opts.password_grant,
-                key_rotation_interval: opts.key_rotation_interval,
-                introspection_token: opts.introspection_token.map(Into::into),
-                ..TokenConfig::new(public.trim_end_matches('/'))
-            },
-        )
-        .await
-        .unwrap(),
-    );
-    let http = HttpConfig {
-        public_url: public.parse().unwrap(),
-        allowed_origins: opts
-            .allowed_origins
-            .iter()
-            .map(|o| o.parse().unwrap())
-            .collect(),
-        trusted_proxies: opts
-            .trusted_proxies
-            .iter()
-            .map(|p| p.parse().unwrap())
-            .collect(),
-    };
-    let keyward = Keyward::new(auth, Some(tokens.clone()), http);
-    let app = keyward
-        .router()
-        .into_make_service_with_connect_info::<SocketAddr>();
+        stores
+    })
+    .await
+    .unwrap();
+    // As the binary does: the process's recorder, rendered at /metrics.
+    keyward_http::metrics::install();
+    let addr = app.addr();
+    let keyward = app.keyward().clone();
+    let stores = app.stores().clone();
+    let tokens = keyward.tokens().unwrap().clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
+        app.run_until(std::future::pending()).await.unwrap();
     });
     TestApp {
         addr,
         clock,
         keyward,
-        users,
-        sessions,
-        token_store,
+        users: stores.users,
+        sessions: stores.sessions,
+        token_store: stores.tokens,
         tokens,
         switch,
         client: client(),

@@ -1,11 +1,11 @@
 //! Admin commands: users and sessions, on the same configuration as the server. They change the
 //! stores directly, so a running server honours them on its next request.
 
-use crate::config::Settings;
-use crate::serve::auth_config;
-use crate::stores;
 use anyhow::{bail, Context};
 use clap::Subcommand;
+use keyward::application::auth_config;
+use keyward::config::Settings;
+use keyward::stores;
 use keyward_core::{
     AuthError, AuthService, Password, PasswordHasher, SessionId, SessionRecord, SystemClock,
     UserRecord,
@@ -90,7 +90,7 @@ pub async fn keys(cmd: KeysCommand, settings: &Settings, json: bool) -> anyhow::
     let now = keyward_core::Clock::now(&SystemClock);
     if let KeysCommand::Rotate = cmd {
         let kek = stores::key_encryption_key(settings)?;
-        let alg = crate::serve::token_config(settings).algorithm;
+        let alg = keyward::application::token_config(settings).algorithm;
         let key = keyward_token::keys::generate(alg, &kek, now)?;
         stores.keys.insert_key(&key).await?;
         if json {
@@ -107,7 +107,7 @@ pub async fn keys(cmd: KeysCommand, settings: &Settings, json: bool) -> anyhow::
         return Ok(());
     }
     let list = stores.keys.list_keys().await?;
-    let ttl = crate::serve::dur(settings.access_token_ttl);
+    let ttl = keyward::application::dur(settings.access_token_ttl);
     let created: Vec<OffsetDateTime> = list.iter().map(|k| k.created_at).collect();
     let status = |i: usize| {
         if keyward_token::keys::is_retired(&created, i, now, ttl) {

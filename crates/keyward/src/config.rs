@@ -1060,7 +1060,7 @@ mod tests {
             &*settings.database,
             "postgres://kw:db-pass-4711@db.example/kw"
         );
-        let tokens = crate::serve::token_config(&settings);
+        let tokens = crate::application::token_config(&settings);
         assert!(!format!("{tokens:?}").contains("introspection-secret-42"));
     }
 

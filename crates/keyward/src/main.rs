@@ -2,12 +2,11 @@
 //! telemetry and the CLI live here; everything else is in the library crates.
 
 mod admin;
-mod config;
 mod serve;
-mod stores;
 
 use clap::{Parser, Subcommand};
-use config::{ConfigError, Settings, SettingsArgs};
+use keyward::config::{ConfigError, Settings, SettingsArgs};
+use keyward::{stores, StartError};
 use std::process::ExitCode;
 
 /// mimalloc instead of the system allocator: a request allocates and frees many small
@@ -48,7 +47,7 @@ enum Command {
 
 /// Start-up failures and how the process exits on them.
 #[derive(Debug)]
-enum Failure {
+pub(crate) enum Failure {
     /// A setting cannot be used: exit code 2.
     Config(ConfigError),
     /// A store cannot be reached: exit code 69 (`EX_UNAVAILABLE`).
@@ -68,6 +67,16 @@ impl From<stores::OpenFailure> for Failure {
         match e {
             stores::OpenFailure::Config(c) => Self::Config(c),
             stores::OpenFailure::Unreachable(u) => Self::Unreachable(u.into()),
+        }
+    }
+}
+
+impl From<StartError> for Failure {
+    fn from(e: StartError) -> Self {
+        match e {
+            StartError::Config(c) => Self::Config(c),
+            StartError::Open(open) => open.into(),
+            other => Self::Other(other.into()),
         }
     }
 }

@@ -15,6 +15,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 /// The opened stores.
+#[derive(Clone)]
 pub struct Stores {
     pub users: DynUserStore,
     pub sessions: DynSessionStore,

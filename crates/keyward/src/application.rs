@@ -1,0 +1,220 @@
+//! The composition root: settings in, a bound server out.
+
+use crate::config::{ConfigError, Settings, TokenAlgorithm};
+use crate::stores::{self, OpenFailure, Stores};
+use keyward_core::{
+    AuthConfig, AuthService, DeviceKey, PasswordHasher, SharedClock, ThrottleConfig,
+};
+use keyward_http::{HttpConfig, Keyward};
+use keyward_token::{SigningAlg, TokenConfig, TokenService};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Why a server could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The bind address cannot be listened on.
+    #[error("--bind {addr}: cannot listen")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A setting cannot be used.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A store cannot be opened.
+    #[error(transparent)]
+    Open(#[from] OpenFailure),
+    /// The password hasher cannot start.
+    #[error("starting the password hasher")]
+    Hasher(#[source] keyward_core::password::HashError),
+    /// The signing keys cannot be loaded or made.
+    #[error("loading the signing keys")]
+    Keys(#[source] keyward_token::TokenError),
+}
+
+/// A `time` duration from a std one (saturating).
+pub fn dur(d: std::time::Duration) -> time::Duration {
+    time::Duration::try_from(d).unwrap_or(time::Duration::MAX)
+}
+
+/// The service configuration the settings describe.
+pub fn auth_config(settings: &Settings) -> AuthConfig {
+    AuthConfig {
+        idle_timeout: dur(settings.idle_timeout),
+        absolute_timeout: dur(settings.absolute_timeout),
+        open_registration: settings.open_registration,
+        throttle: ThrottleConfig {
+            per_account: settings.login_max_failures_per_account,
+            per_address: settings.login_max_failures_per_address,
+            window: dur(settings.login_failure_window),
+            registrations_per_address: settings.registration_max_per_address,
+            token_failures_per_address: settings.token_max_failures_per_address,
+        },
+    }
+}
+
+/// The token configuration the settings describe.
+pub fn token_config(settings: &Settings) -> TokenConfig {
+    TokenConfig {
+        issuer: settings.issuer.clone(),
+        audience: settings.audience.clone(),
+        access_ttl: dur(settings.access_token_ttl),
+        refresh_ttl: dur(settings.refresh_token_ttl),
+        refresh_reuse_grace: dur(settings.refresh_reuse_grace),
+        algorithm: match settings.token_algorithm {
+            TokenAlgorithm::EdDSA => SigningAlg::EdDSA,
+            TokenAlgorithm::ES256 => SigningAlg::ES256,
+            TokenAlgorithm::RS256 => SigningAlg::RS256,
+        },
+        password_grant: settings.password_grant,
+        key_rotation_interval: dur(settings.key_rotation_interval),
+        introspection_token: settings.introspection_token.clone(),
+    }
+}
+
+/// keyward built from its settings, bound and ready to serve: the stores the URLs name (and
+/// the caches in front of them), the services, and the listener.
+pub struct Application {
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    settings: Settings,
+    stores: Stores,
+    keyward: Keyward,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("addr", &self.addr)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Bind, open the stores, start the services. `clock` is the time every expiry and
+    /// throttle is judged by (`SystemClock` in production; a manual one in tests).
+    pub async fn build(settings: Settings, clock: SharedClock) -> Result<Self, StartError> {
+        Self::build_with(settings, clock, |stores| stores).await
+    }
+
+    /// [`Application::build`], with the opened stores passed through `wrap` before the
+    /// services take them (a test puts a store it can switch off in front of the sessions).
+    pub async fn build_with(
+        mut settings: Settings,
+        clock: SharedClock,
+        wrap: impl FnOnce(Stores) -> Stores,
+    ) -> Result<Self, StartError> {
+        let listener = tokio::net::TcpListener::bind(settings.bind)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: settings.bind,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: settings.bind,
+            source,
+        })?;
+        if settings.public_url_derived {
+            // Port 0 or an unspecified address: the origin browsers will send is the bound one.
+            settings.public_url = crate::config::default_public_url(addr, true)?;
+        }
+        if settings.issuer_derived {
+            settings.issuer = settings
+                .public_url
+                .as_str()
+                .trim_end_matches('/')
+                .to_owned();
+        }
+        let stores = wrap(stores::open(&settings).await?);
+        let kek = stores::key_encryption_key(&settings)?;
+        let hasher = PasswordHasher::new(settings.hash_concurrency).map_err(StartError::Hasher)?;
+        let mut auth = AuthService::new(
+            stores.users.clone(),
+            stores.sessions.clone(),
+            hasher,
+            clock,
+            auth_config(&settings),
+        )
+        .with_token_store(stores.tokens.clone())
+        // Device cookies verify on every node that shares the KEK, and across restarts.
+        .with_device_key(DeviceKey::new(kek.derive(b"keyward device cookies v1")));
+        if let Some(log) = stores.failure_log.clone() {
+            // Beside shared sessions, failed logins are counted fleet-wide.
+            auth = auth.with_failure_log(log);
+        }
+        let auth = Arc::new(auth);
+        let tokens = TokenService::new(
+            auth.clone(),
+            stores.tokens.clone(),
+            stores.keys.clone(),
+            kek,
+            token_config(&settings),
+        )
+        .await
+        .map_err(StartError::Keys)?;
+        let http = HttpConfig {
+            public_url: settings.public_url.clone(),
+            allowed_origins: settings.allowed_origins.clone(),
+            trusted_proxies: settings.trusted_proxies.clone(),
+        };
+        let keyward = Keyward::new(auth, Some(Arc::new(tokens)), http);
+        Ok(Self {
+            listener,
+            addr,
+            settings,
+            stores,
+            keyward,
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The bound port (the kernel's choice for port 0).
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The settings, with the public URL and issuer as derived from the bound address.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The stores the services use.
+    pub fn stores(&self) -> &Stores {
+        &self.stores
+    }
+
+    /// The HTTP face, to embed or inspect.
+    pub fn keyward(&self) -> &Keyward {
+        &self.keyward
+    }
+
+    /// Serve, with the maintenance task beside, until `shutdown` completes; then finish the
+    /// requests in flight.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let maintenance = tokio::spawn(self.keyward.maintenance());
+        let served = axum::serve(
+            self.listener,
+            self.keyward
+                .router()
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
+        maintenance.abort();
+        served
+    }
+}
