@@ -1,5 +1,5 @@
 //! The auth service: registration, login, session validation, logout, revocation and password
-//! change, over any [`UserStore`] and [`SessionStore`]. No HTTP here.
+//! change, over any [`UserStore`](crate::UserStore) and [`SessionStore`](crate::SessionStore). No HTTP here.
 
 use crate::clock::SharedClock;
 use crate::device::{DeviceCookie, DeviceKey};

@@ -109,10 +109,14 @@ fn is_listed(estimate: &zxcvbn::Entropy, raw: &str, max_rank: usize) -> bool {
 
 /// Errors of the hashing pool.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HashError {
-    /// Argon2 failed (bad parameters, corrupted stored hash that cannot be parsed is not this).
-    #[error("argon2: {0}")]
-    Argon2(String),
+    /// Argon2 refused its parameters.
+    #[error("argon2 parameters")]
+    Params(#[source] argon2::Error),
+    /// Argon2 failed to hash (a corrupted stored hash that cannot be parsed is not this).
+    #[error("argon2 hashing")]
+    Argon2(#[source] argon2::password_hash::Error),
     /// The blocking task did not complete.
     #[error("hashing task failed")]
     Join(#[source] tokio::task::JoinError),
@@ -155,8 +159,8 @@ impl PasswordHasher {
     /// A hasher with OWASP's parameters and `concurrency` parallel hashes at most
     /// (`None`: one less than the number of cores, at least one).
     pub fn new(concurrency: Option<usize>) -> Result<Self, HashError> {
-        let params = Params::new(ARGON2_M_KIB, ARGON2_T, ARGON2_P, None)
-            .map_err(|e| HashError::Argon2(e.to_string()))?;
+        let params =
+            Params::new(ARGON2_M_KIB, ARGON2_T, ARGON2_P, None).map_err(HashError::Params)?;
         let n = concurrency.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
         });
@@ -222,12 +226,12 @@ fn hex(bytes: &[u8]) -> String {
 fn hash_blocking(params: &Params, password: &str) -> Result<String, HashError> {
     let mut salt = [0u8; 16];
     getrandom::fill(&mut salt).map_err(HashError::Random)?;
-    let salt = SaltString::encode_b64(&salt).map_err(|e| HashError::Argon2(e.to_string()))?;
+    let salt = SaltString::encode_b64(&salt).map_err(HashError::Argon2)?;
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
     argon
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| HashError::Argon2(e.to_string()))
+        .map_err(HashError::Argon2)
 }
 
 fn verify_blocking(target: &Params, password: &str, phc: &str) -> Verified {
@@ -259,7 +263,7 @@ fn verify_blocking(target: &Params, password: &str, phc: &str) -> Verified {
 /// Hash with explicit, possibly weaker parameters: for tests of the upgrade path only.
 #[doc(hidden)]
 pub fn hash_with_params(password: &str, m_kib: u32, t: u32) -> Result<String, HashError> {
-    let params = Params::new(m_kib, t, 1, None).map_err(|e| HashError::Argon2(e.to_string()))?;
+    let params = Params::new(m_kib, t, 1, None).map_err(HashError::Params)?;
     hash_blocking(&params, password)
 }
 

@@ -4,7 +4,7 @@
 //! - **near** keeps the sessions this node has read or made, up to a capacity, each for at most
 //!   the idle timeout;
 //! - **replicated** keeps every live session, loaded before the node serves and kept by the
-//!   feed, in a compact table ([`memory`]).
+//!   feed, in a compact table (`memory.rs`).
 //!
 //! Either way a miss reads the store, so a session made a moment ago on another node is never
 //! refused. The feed's events are applied in order by one task (a full load runs in that task

@@ -2,7 +2,7 @@
 //! implementation of the user, session, token, key and failure-log traits over SQLite (the
 //! embedded default, `sqlite://keyward.db`) or PostgreSQL (`postgres://…`, shared by a fleet).
 //! Every statement and row mapping is written once; the engine is a parameter
-//! ([`store`](crate::store) says where they differ).
+//! (`store.rs` says where they differ).
 #![deny(missing_docs)]
 
 mod copy;

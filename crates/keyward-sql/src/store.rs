@@ -113,7 +113,7 @@ impl Default for SqlOptions {
 /// (`postgres://…`), shared by every node of a fleet.
 ///
 /// On a SQLite file the one read on the hot path (a session by token hash, once per validated
-/// request, and the deny check of bearer requests) goes through [`ReadPool`]: a few read-only
+/// request, and the deny check of bearer requests) goes through `ReadPool`: a few read-only
 /// rusqlite connections queried inline, which costs microseconds of CPU, less than sqlx's
 /// hand-off to a connection thread and back (`docs/benchmarks.md`).
 #[derive(Clone, Debug)]

@@ -549,6 +549,16 @@ pub fn client() -> Client {
         .unwrap()
 }
 
+/// `GET url` with a `Cookie` header, as [`client`] sends it.
+pub async fn get_with_cookie(url: &str, cookie: &str) -> Response {
+    client()
+        .get(url)
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// `name=value` of the first `Set-Cookie` named `name`.
 pub fn cookie_pair(headers: &HeaderMap, name: &str) -> Option<String> {
     set_cookie(headers, name).map(|c| c.split(';').next().unwrap().trim().to_owned())

@@ -18,21 +18,10 @@ pub fn config(dir: &std::path::Path, port: u16, upstreams: &[u16]) -> String {
         .iter()
         .map(|p| format!("        server 127.0.0.1:{p} max_fails=0;\n"))
         .collect();
-    format!(
-        r#"daemon off;
-master_process off;
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log stderr warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    upstream keyward {{
+    wrap(
+        dir,
+        &format!(
+            r#"    upstream keyward {{
 {servers}    }}
     server {{
         listen 127.0.0.1:{port};
@@ -47,7 +36,29 @@ http {{
             proxy_read_timeout 10s;
         }}
     }}
-}}
+"#
+        ),
+    )
+}
+
+/// A whole nginx configuration around `http` (what goes inside its `http {}` block): one
+/// foreground process, its files in `dir`, errors to stderr.
+pub fn wrap(dir: &std::path::Path, http: &str) -> String {
+    format!(
+        r#"daemon off;
+master_process off;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+{http}}}
 "#,
         dir = dir.display()
     )
@@ -65,6 +76,11 @@ impl Nginx {
     /// Start nginx on `port` (from [`free_port`](crate::redis::free_port)) in front of the
     /// nodes listening on `upstreams`, and wait until it accepts connections.
     pub async fn start(port: u16, upstreams: &[u16]) -> Self {
+        Self::start_with(port, |dir| config(dir, port, upstreams)).await
+    }
+
+    /// Start nginx with the configuration `conf` writes for its directory, listening on `port`.
+    pub async fn start_with(port: u16, conf: impl FnOnce(&std::path::Path) -> String) -> Self {
         assert!(
             std::path::Path::new(NGINX).exists(),
             "nginx not found at {NGINX}: apt-get install nginx (scripts/test does)"
@@ -73,8 +89,9 @@ impl Nginx {
             .prefix("keyward-nginx")
             .tempdir()
             .unwrap();
+        let text = conf(dir.path());
         let conf = dir.path().join("nginx.conf");
-        std::fs::write(&conf, config(dir.path(), port, upstreams)).unwrap();
+        std::fs::write(&conf, text).unwrap();
         let child = Command::new(NGINX)
             .arg("-p")
             .arg(dir.path())

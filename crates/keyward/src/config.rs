@@ -1,6 +1,8 @@
 //! Settings: flags, `KEYWARD_*` environment variables and an optional TOML file, with the
 //! precedence flag > env > file > default. Two stages: clap parses raw values (flags and env),
 //! then [`Settings::resolve`] merges the file and the defaults and validates the whole.
+// The settings' doc comments are also `--help`, where `<bind>` reads as a placeholder.
+#![allow(rustdoc::invalid_html_tags)]
 
 use clap::{Args, ValueEnum};
 use ipnet::IpNet;

@@ -1,7 +1,7 @@
 //! The example app driven over HTTP, on a free port with a fresh SQLite database.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use keyward_testkit::{client, cookie_pair};
+use keyward_testkit::{client, cookie_pair, get_with_cookie};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -24,16 +24,6 @@ async fn start() -> Running {
         .unwrap();
     tokio::spawn(app.serve(listener));
     Running { base, _dir: dir }
-}
-
-/// `GET` with a cookie.
-async fn get(base: &str, path: &str, cookie: &str) -> reqwest::Response {
-    client()
-        .get(format!("{base}{path}"))
-        .header("cookie", cookie)
-        .send()
-        .await
-        .unwrap()
 }
 
 /// Register through keyward's merged API, sign in through the app's own form.
@@ -91,18 +81,18 @@ async fn sign_in_protected_routes_and_sign_out_in_an_embedding_app() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::CREATED);
-    let res = get(base, "/api/notes", &cookie).await;
+    let res = get_with_cookie(&format!("{base}/api/notes"), &cookie).await;
     assert_eq!(res.status(), StatusCode::OK);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body, json!({"user": "ada", "notes": ["<b>buy milk</b>"]}));
-    let res = get(base, "/notes", &cookie).await;
+    let res = get_with_cookie(&format!("{base}/notes"), &cookie).await;
     assert_eq!(res.status(), StatusCode::OK);
     let html = res.text().await.unwrap();
     assert!(html.contains("Signed in as <strong>ada</strong>"), "{html}");
     assert!(html.contains("&lt;b&gt;buy milk&lt;/b&gt;"), "{html}");
     // Another user sees none of Ada's notes.
     let bob = signed_in(base, "bob").await;
-    let res = get(base, "/api/notes", &bob).await;
+    let res = get_with_cookie(&format!("{base}/api/notes"), &bob).await;
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["notes"], json!([]));
 
@@ -120,9 +110,9 @@ async fn sign_in_protected_routes_and_sign_out_in_an_embedding_app() {
         cleared.starts_with("keyward=;") && cleared.contains("Max-Age=0"),
         "{cleared}"
     );
-    let res = get(base, "/api/notes", &cookie).await;
+    let res = get_with_cookie(&format!("{base}/api/notes"), &cookie).await;
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
-    let res = get(base, "/v1/sessions/current", &cookie).await;
+    let res = get_with_cookie(&format!("{base}/v1/sessions/current"), &cookie).await;
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
 }
 
@@ -160,7 +150,7 @@ async fn the_apps_own_unsafe_routes_are_refused_cross_site() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
-    let res = get(base, "/api/notes", &cookie).await;
+    let res = get_with_cookie(&format!("{base}/api/notes"), &cookie).await;
     assert_eq!(res.status(), StatusCode::OK);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["notes"], json!([]), "nothing was planted");

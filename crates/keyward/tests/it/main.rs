@@ -15,6 +15,7 @@ mod crosssite;
 mod example;
 mod expiry;
 mod fleet;
+mod forward_auth;
 mod hardening;
 mod outage;
 mod process;
