@@ -19,13 +19,14 @@ use time::{Duration, OffsetDateTime};
 
 /// Errors of key handling.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum KeyError {
     /// The OS random source failed.
     #[error("random source failed")]
     Random,
     /// Key generation or encoding failed.
     #[error("key generation failed: {0}")]
-    Generate(String),
+    Generate(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A sealed key could not be opened: wrong key-encryption key, or tampered data.
     #[error("a signing key could not be decrypted (is the key-encryption key the one it was sealed with?)")]
     Unseal,
@@ -160,28 +161,30 @@ fn new_kid() -> Result<String, KeyError> {
 /// Generate a key for `alg` and seal it: what `keyward keys rotate` stores.
 pub fn generate(alg: SigningAlg, kek: &Kek, now: OffsetDateTime) -> Result<StoredKey, KeyError> {
     use ed25519_dalek::pkcs8::EncodePrivateKey as _;
-    let gen = |e: &dyn fmt::Display| KeyError::Generate(e.to_string());
+    fn gen(e: impl std::error::Error + Send + Sync + 'static) -> KeyError {
+        KeyError::Generate(Box::new(e))
+    }
     let pem: String = match alg {
         SigningAlg::EdDSA => {
             let mut seed = [0u8; 32];
             getrandom::fill(&mut seed).map_err(|_| KeyError::Random)?;
             let key = ed25519_dalek::SigningKey::from_bytes(&seed);
             key.to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
-                .map_err(|e| gen(&e))?
+                .map_err(gen)?
                 .to_string()
         }
         SigningAlg::ES256 => {
             use p256::pkcs8::EncodePrivateKey as _;
             let key = p256::SecretKey::random(&mut rand_core::OsRng);
             key.to_pkcs8_pem(p256::pkcs8::LineEnding::LF)
-                .map_err(|e| gen(&e))?
+                .map_err(gen)?
                 .to_string()
         }
         SigningAlg::RS256 => {
             use rsa::pkcs8::EncodePrivateKey as _;
-            let key = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 2048).map_err(|e| gen(&e))?;
+            let key = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 2048).map_err(gen)?;
             key.to_pkcs8_pem(rsa::pkcs8::LineEnding::LF)
-                .map_err(|e| gen(&e))?
+                .map_err(gen)?
                 .to_string()
         }
     };

@@ -23,12 +23,16 @@ pub struct ConfigError {
     pub setting: String,
     /// What is wrong.
     pub message: String,
+    /// The error that said so, when another crate's did (a store URL it could not use).
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 fn bad(setting: &str, message: impl Into<String>) -> ConfigError {
     ConfigError {
         setting: format!("--{setting}"),
         message: message.into(),
+        source: None,
     }
 }
 
@@ -861,6 +865,7 @@ fn read_file(path: &Path) -> Result<FileSettings, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         setting: "--config".into(),
         message: format!("cannot read {}: {e}", path.display()),
+        source: Some(Box::new(e)),
     })?;
     toml::from_str(&text).map_err(|e| {
         let msg = e.message().to_owned();
@@ -873,6 +878,7 @@ fn read_file(path: &Path) -> Result<FileSettings, ConfigError> {
         ConfigError {
             setting: key.unwrap_or_else(|| format!("--config {}", path.display())),
             message: msg.lines().next().unwrap_or("invalid TOML").to_owned(),
+            source: None,
         }
     })
 }

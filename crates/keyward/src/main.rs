@@ -125,11 +125,26 @@ fn main() -> ExitCode {
     }
 }
 
+/// The error and its causes, one a line; a cause whose text the line before already holds
+/// (an error that quotes its source) is not repeated.
 fn print_chain(e: &anyhow::Error) {
-    eprintln!("error: {e}");
-    for cause in e.chain().skip(1) {
-        eprintln!("  caused by: {cause}");
+    for line in chain_lines(e) {
+        eprintln!("{line}");
     }
+}
+
+fn chain_lines(e: &anyhow::Error) -> Vec<String> {
+    let mut shown = e.to_string();
+    let mut lines = vec![format!("error: {shown}")];
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if shown.contains(&text) {
+            continue;
+        }
+        lines.push(format!("  caused by: {text}"));
+        shown = text;
+    }
+    lines
 }
 
 async fn run(command: Command, settings: Settings, json: bool) -> Result<(), Failure> {
@@ -150,6 +165,25 @@ async fn run(command: Command, settings: Settings, json: bool) -> Result<(), Fai
 mod tests {
     use super::*;
     use secrecy::ExposeSecret;
+
+    #[test]
+    fn a_cause_already_quoted_is_not_repeated() {
+        let io = std::io::Error::other("connection refused");
+        let quoted = anyhow::Error::new(keyward_token::KeyError::Generate(Box::new(io)))
+            .context("loading the signing keys");
+        assert_eq!(
+            chain_lines(&quoted),
+            [
+                "error: loading the signing keys",
+                "  caused by: key generation failed: connection refused",
+            ]
+        );
+        let plain = anyhow::Error::new(std::io::Error::other("disk full")).context("serving");
+        assert_eq!(
+            chain_lines(&plain),
+            ["error: serving", "  caused by: disk full"]
+        );
+    }
 
     #[test]
     fn secrets_that_begin_with_a_hyphen_are_values() {

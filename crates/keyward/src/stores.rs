@@ -28,10 +28,11 @@ pub struct Stores {
     pub failure_log: Option<DynFailureLog>,
 }
 
-fn open_error(setting: &str, e: impl std::fmt::Display) -> ConfigError {
+fn open_error(setting: &str, e: impl std::error::Error + Send + Sync + 'static) -> ConfigError {
     ConfigError {
         setting: format!("--{setting}"),
         message: e.to_string(),
+        source: Some(Box::new(e)),
     }
 }
 
@@ -170,6 +171,7 @@ pub fn key_encryption_key(settings: &Settings) -> Result<Kek, ConfigError> {
     let bad = |m: String| ConfigError {
         setting: "--key-encryption-key".into(),
         message: m,
+        source: None,
     };
     if let Some(text) = &settings.key_encryption_key {
         return Kek::parse(secrecy::ExposeSecret::expose_secret(text))
