@@ -144,6 +144,21 @@ impl Keyward {
         &self.inner.config
     }
 
+    /// `path` (absolute, from keyward's root) under the public URL's path: what the pages
+    /// link, post and redirect to, so they work where an app mounts them (`nest("/auth", …)`
+    /// with the public URL `https://app.example/auth`).
+    /// The root is the base itself (`/auth`, `/auth?next=…`): where axum's `nest` puts a
+    /// router's `/`.
+    pub fn path(&self, path: &str) -> String {
+        let base = self.inner.config.public_url.path().trim_end_matches('/');
+        match path.strip_prefix('/') {
+            Some(rest) if !base.is_empty() && (rest.is_empty() || rest.starts_with('?')) => {
+                format!("{base}{rest}")
+            }
+            _ => format!("{base}{path}"),
+        }
+    }
+
     /// Whether cookies are `Secure` (an `https` public URL).
     pub fn secure(&self) -> bool {
         self.inner.config.public_url.scheme() == "https"

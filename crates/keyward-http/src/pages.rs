@@ -42,7 +42,7 @@ async fn css() -> impl IntoResponse {
     )
 }
 
-fn layout(title: &str, signed_in: Option<&str>, body: Markup) -> Markup {
+fn layout(kw: &Keyward, title: &str, signed_in: Option<&str>, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -50,15 +50,15 @@ fn layout(title: &str, signed_in: Option<&str>, body: Markup) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · keyward" }
-                link rel="stylesheet" href="/assets/keyward.css";
+                link rel="stylesheet" href=(kw.path("/assets/keyward.css"));
             }
             body {
                 header.top {
-                    a.brand href="/" { "keyward" }
+                    a.brand href=(kw.path("/")) { "keyward" }
                     @if let Some(name) = signed_in {
                         nav aria-label="Account" {
                             span.who { "Signed in as " strong { (name) } }
-                            a href="/account" { "Account" }
+                            a href=(kw.path("/account")) { "Account" }
                         }
                     }
                 }
@@ -77,6 +77,11 @@ fn page(status: StatusCode, markup: Markup) -> Response {
         .into_response()
 }
 
+/// A `Location` value for a path of ours.
+fn location(path: &str) -> HeaderValue {
+    HeaderValue::from_str(path).unwrap_or_else(|_| HeaderValue::from_static("/"))
+}
+
 fn alert(kind: &str, text: &str) -> Markup {
     html! { p class=(format!("alert {kind}")) role=(if kind == "error" { "alert" } else { "status" }) { (text) } }
 }
@@ -88,12 +93,12 @@ struct SignInQuery {
     signed_out: Option<String>,
 }
 
-fn sign_in_form(username: &str, next: &str, message: Option<Markup>) -> Markup {
+fn sign_in_form(kw: &Keyward, username: &str, next: &str, message: Option<Markup>) -> Markup {
     html! {
         section.card {
             h1 { "Sign in" }
             @if let Some(m) = message { (m) }
-            form method="post" action="/v1/sessions" {
+            form method="post" action=(kw.path("/v1/sessions")) {
                 input type="hidden" name="next" value=(next);
                 label for="username" { "Username" }
                 input #username type="text" name="username" value=(username) autocomplete="username" required maxlength="64" autofocus;
@@ -101,26 +106,30 @@ fn sign_in_form(username: &str, next: &str, message: Option<Markup>) -> Markup {
                 input #password type="password" name="password" autocomplete="current-password" required maxlength="256";
                 button type="submit" { "Sign in" }
             }
-            p.aside { "No account? " a href="/register" { "Create one" } }
+            p.aside { "No account? " a href=(kw.path("/register")) { "Create one" } }
         }
     }
 }
 
-async fn sign_in_page(MaybeSession(cs): MaybeSession, Query(q): Query<SignInQuery>) -> Response {
+async fn sign_in_page(
+    State(kw): State<Keyward>,
+    MaybeSession(cs): MaybeSession,
+    Query(q): Query<SignInQuery>,
+) -> Response {
     if let Some(cs) = cs {
         let body = html! {
             section.card {
                 h1 { "You are signed in" }
                 p { "Signed in as " strong { (cs.session.username) } "." }
-                p { a.button href="/account" { "Go to your account" } }
+                p { a.button href=(kw.path("/account")) { "Go to your account" } }
             }
         };
         return page(
             StatusCode::OK,
-            layout("Signed in", Some(&cs.session.username), body),
+            layout(&kw, "Signed in", Some(&cs.session.username), body),
         );
     }
-    let next = local_target(q.next.as_deref(), "/account");
+    let next = local_target(q.next.as_deref(), &kw.path("/account"));
     let message = if q.registered.is_some() {
         Some(alert(
             "ok",
@@ -133,12 +142,17 @@ async fn sign_in_page(MaybeSession(cs): MaybeSession, Query(q): Query<SignInQuer
     };
     page(
         StatusCode::OK,
-        layout("Sign in", None, sign_in_form("", &next, message)),
+        layout(&kw, "Sign in", None, sign_in_form(&kw, "", &next, message)),
     )
 }
 
 /// The sign-in page again after a failed form login, with the failure's status.
-pub(crate) fn sign_in_failed(username: &str, next: Option<&str>, err: ApiError) -> Response {
+pub(crate) fn sign_in_failed(
+    kw: &Keyward,
+    username: &str,
+    next: Option<&str>,
+    err: ApiError,
+) -> Response {
     let status = err.status();
     let text = match &err {
         ApiError::InvalidCredentials => "Invalid username or password.".to_owned(),
@@ -150,7 +164,7 @@ pub(crate) fn sign_in_failed(username: &str, next: Option<&str>, err: ApiError) 
         }
         other => other.detail(),
     };
-    let next = local_target(next, "/account");
+    let next = local_target(next, &kw.path("/account"));
     let shown = if username.chars().count() <= 64 {
         username
     } else {
@@ -159,9 +173,10 @@ pub(crate) fn sign_in_failed(username: &str, next: Option<&str>, err: ApiError) 
     let mut res = page(
         status,
         layout(
+            kw,
             "Sign in",
             None,
-            sign_in_form(shown, &next, Some(alert("error", &text))),
+            sign_in_form(kw, shown, &next, Some(alert("error", &text))),
         ),
     );
     if let ApiError::TooManyRequests { retry_after } = err {
@@ -179,7 +194,7 @@ fn register_form(kw: &Keyward, username: &str, message: Option<Markup>) -> Marku
             h1 { "Create an account" }
             @if let Some(m) = message { (m) }
             @if kw.auth().config().open_registration {
-                form method="post" action="/v1/users" {
+                form method="post" action=(kw.path("/v1/users")) {
                     label for="username" { "Username" }
                     input #username type="text" name="username" value=(username) autocomplete="username" required maxlength="64" pattern="[A-Za-z0-9._@+\\-]{1,64}" aria-describedby="username-help" autofocus;
                     p.help #username-help { "1–64 letters, digits or . _ - @ +" }
@@ -191,7 +206,7 @@ fn register_form(kw: &Keyward, username: &str, message: Option<Markup>) -> Marku
             } @else {
                 p { "Registration is closed. Ask an administrator for an account." }
             }
-            p.aside { "Have an account? " a href="/" { "Sign in" } }
+            p.aside { "Have an account? " a href=(kw.path("/")) { "Sign in" } }
         }
     }
 }
@@ -199,7 +214,7 @@ fn register_form(kw: &Keyward, username: &str, message: Option<Markup>) -> Marku
 async fn register_page(State(kw): State<Keyward>) -> Response {
     page(
         StatusCode::OK,
-        layout("Register", None, register_form(&kw, "", None)),
+        layout(&kw, "Register", None, register_form(&kw, "", None)),
     )
 }
 
@@ -213,6 +228,7 @@ pub(crate) fn register_failed(kw: &Keyward, username: &str, err: ApiError) -> Re
     let mut res = page(
         err.status(),
         layout(
+            kw,
             "Register",
             None,
             register_form(kw, shown, Some(alert("error", &err.detail()))),
@@ -242,7 +258,9 @@ async fn account_page(
     MaybeSession(cs): MaybeSession,
 ) -> Result<Response, ApiError> {
     let Some(cs) = cs else {
-        return Ok(Redirect::to("/?next=/account").into_response());
+        return Ok(
+            Redirect::to(&kw.path(&format!("/?next={}", kw.path("/account")))).into_response(),
+        );
     };
     render_account(&kw, &cs, None, StatusCode::OK).await
 }
@@ -272,9 +290,9 @@ async fn render_account(
                             td { time datetime=(fmt_time(s.last_seen_at)) { (human_time(s.last_seen_at)) } }
                             td {
                                 @if s.current {
-                                    form method="post" action="/account/sign-out" { button.secondary type="submit" { "Sign out" } }
+                                    form method="post" action=(kw.path("/account/sign-out")) { button.secondary type="submit" { "Sign out" } }
                                 } @else {
-                                    form method="post" action=(format!("/account/sessions/{}/revoke", s.id)) {
+                                    form method="post" action=(kw.path(&format!("/account/sessions/{}/revoke", s.id))) {
                                         button.danger type="submit" aria-label=(format!("Revoke session started {}", human_time(s.created_at))) { "Revoke" }
                                     }
                                 }
@@ -284,11 +302,11 @@ async fn render_account(
                 }
             }
             div.actions {
-                form method="post" action="/account/sessions/revoke-others" { button.danger type="submit" { "Sign out everywhere else" } }
-                form method="post" action="/account/sign-out" { button.secondary type="submit" { "Sign out" } }
+                form method="post" action=(kw.path("/account/sessions/revoke-others")) { button.danger type="submit" { "Sign out everywhere else" } }
+                form method="post" action=(kw.path("/account/sign-out")) { button.secondary type="submit" { "Sign out" } }
             }
             h2 { "Change password" }
-            form method="post" action="/account/password" {
+            form method="post" action=(kw.path("/account/password")) {
                 label for="current_password" { "Current password" }
                 input #current_password type="password" name="current_password" autocomplete="current-password" required maxlength="256";
                 label for="new_password" { "New password" }
@@ -299,13 +317,13 @@ async fn render_account(
     };
     Ok(page(
         status,
-        layout("Account", Some(&cs.session.username), body),
+        layout(kw, "Account", Some(&cs.session.username), body),
     ))
 }
 
 /// Pages answer a missing session by sending the browser to sign in.
-fn to_sign_in() -> Response {
-    Redirect::to("/?next=/account").into_response()
+fn to_sign_in(kw: &Keyward) -> Response {
+    Redirect::to(&kw.path(&format!("/?next={}", kw.path("/account")))).into_response()
 }
 
 async fn revoke_one(
@@ -315,7 +333,7 @@ async fn revoke_one(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let Some(cs) = cs else {
-        return Ok(to_sign_in());
+        return Ok(to_sign_in(&kw));
     };
     if let Some(id) = SessionId::parse(&id) {
         kw.auth()
@@ -325,12 +343,12 @@ async fn revoke_one(
             return Ok((
                 StatusCode::SEE_OTHER,
                 logged_out_headers(&kw),
-                [(header::LOCATION, "/?signed_out=1")],
+                [(header::LOCATION, kw.path("/?signed_out=1"))],
             )
                 .into_response());
         }
     }
-    Ok(Redirect::to("/account").into_response())
+    Ok(Redirect::to(&kw.path("/account")).into_response())
 }
 
 async fn revoke_others(
@@ -339,12 +357,12 @@ async fn revoke_others(
     MaybeSession(cs): MaybeSession,
 ) -> Result<Response, ApiError> {
     let Some(cs) = cs else {
-        return Ok(to_sign_in());
+        return Ok(to_sign_in(&kw));
     };
     kw.auth()
         .revoke_user_sessions(cs.session.user_id, Some(cs.session.id), ip)
         .await?;
-    Ok(Redirect::to("/account").into_response())
+    Ok(Redirect::to(&kw.path("/account")).into_response())
 }
 
 async fn sign_out(
@@ -358,7 +376,7 @@ async fn sign_out(
     Ok((
         StatusCode::SEE_OTHER,
         logged_out_headers(&kw),
-        [(header::LOCATION, "/?signed_out=1")],
+        [(header::LOCATION, kw.path("/?signed_out=1"))],
     )
         .into_response())
 }
@@ -371,7 +389,7 @@ async fn change_password(
     req: Request,
 ) -> Result<Response, ApiError> {
     let Some(cs) = cs else {
-        return Ok(to_sign_in());
+        return Ok(to_sign_in(&kw));
     };
     let form: PasswordChange = decode_form(&read_body(req).await?)?;
     let client = client_info(&kw, addr, &headers);
@@ -391,7 +409,7 @@ async fn change_password(
             StatusCode::SEE_OTHER,
             [
                 (header::SET_COOKIE, set_session_cookie(&kw, &new.token)),
-                (header::LOCATION, HeaderValue::from_static("/account")),
+                (header::LOCATION, location(&kw.path("/account"))),
             ],
         )
             .into_response()),

@@ -264,7 +264,7 @@ async fn create_user(
         (Ok(user), BodyKind::Json) => {
             (StatusCode::CREATED, Json(UserView::from(&user))).into_response()
         }
-        (Ok(_), BodyKind::Form) => Redirect::to("/?registered=1").into_response(),
+        (Ok(_), BodyKind::Form) => Redirect::to(&kw.path("/?registered=1")).into_response(),
         (Err(e), BodyKind::Json) => ApiError::from(e).into_response(),
         (Err(e), BodyKind::Form) => pages::register_failed(&kw, &value.username, ApiError::from(e)),
     }
@@ -294,7 +294,10 @@ async fn login(
         (Ok(new), BodyKind::Json) => session_created(&kw, &new, StatusCode::CREATED),
         (Ok(new), BodyKind::Form) => {
             let from = came_from(&kw, &headers);
-            let to = local_target(value.next.as_deref().or(from.as_deref()), "/account");
+            let to = local_target(
+                value.next.as_deref().or(from.as_deref()),
+                &kw.path("/account"),
+            );
             (
                 StatusCode::SEE_OTHER,
                 signed_in_cookies(&kw, &new),
@@ -307,9 +310,12 @@ async fn login(
                 .into_response()
         }
         (Err(e), BodyKind::Json) => ApiError::from(e).into_response(),
-        (Err(e), BodyKind::Form) => {
-            pages::sign_in_failed(&value.username, value.next.as_deref(), ApiError::from(e))
-        }
+        (Err(e), BodyKind::Form) => pages::sign_in_failed(
+            &kw,
+            &value.username,
+            value.next.as_deref(),
+            ApiError::from(e),
+        ),
     }
 }
 

@@ -49,18 +49,7 @@ impl App {
     /// keyward on the SQLite (or PostgreSQL) database at `database`, users reaching the app at
     /// `public_url`.
     pub async fn open(database: &str, public_url: keyward_http::Url) -> anyhow::Result<Self> {
-        let db = Arc::new(keyward_sql::SqlStore::open(database).await?);
-        let auth = AuthService::new(
-            db.clone(),
-            db.clone(),
-            PasswordHasher::new(None)?,
-            Arc::new(SystemClock),
-            AuthConfig::default(),
-        )
-        .with_token_store(db.clone())
-        .with_failure_log(db);
-        let keyward = Keyward::new(Arc::new(auth), None, HttpConfig::new(public_url));
-        Ok(Self::new(keyward))
+        Ok(Self::new(open_keyward(database, public_url).await?))
     }
 
     /// The app around an already built keyward.
@@ -93,6 +82,29 @@ impl App {
         .await?;
         Ok(())
     }
+}
+
+/// keyward over the database at `database` (migrated on open), for users who reach it at
+/// `public_url`.
+pub async fn open_keyward(
+    database: &str,
+    public_url: keyward_http::Url,
+) -> anyhow::Result<Keyward> {
+    let db = Arc::new(keyward_sql::SqlStore::open(database).await?);
+    let auth = AuthService::new(
+        db.clone(),
+        db.clone(),
+        PasswordHasher::new(None)?,
+        Arc::new(SystemClock),
+        AuthConfig::default(),
+    )
+    .with_token_store(db.clone())
+    .with_failure_log(db);
+    Ok(Keyward::new(
+        Arc::new(auth),
+        None,
+        HttpConfig::new(public_url),
+    ))
 }
 
 fn page(title: &str, body: Markup) -> Markup {

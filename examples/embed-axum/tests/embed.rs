@@ -178,3 +178,79 @@ async fn a_wrong_password_on_the_apps_form_signs_nobody_in() {
         .unwrap()
         .contains("Wrong username or password."));
 }
+
+#[tokio::test]
+async fn keyward_s_pages_and_api_work_nested_under_a_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("notes.db").display());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let root = format!("http://{addr}");
+    // Mounted under /auth, with the public URL saying so.
+    let kw = embed_axum::open_keyward(&db, format!("{root}/auth").parse().unwrap())
+        .await
+        .unwrap();
+    let app = axum::Router::new().nest("/auth", kw.api_router().merge(kw.pages_router()));
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap()
+    });
+    let c = client();
+    let page = c.get(format!("{root}/auth")).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    for want in [
+        r#"action="/auth/v1/sessions""#,
+        r#"href="/auth/assets/keyward.css""#,
+        r#"href="/auth/register""#,
+        r#"name="next" value="/auth/account""#,
+    ] {
+        assert!(html.contains(want), "{want} in {html}");
+    }
+    let res = get_with_cookie(&format!("{root}/auth/assets/keyward.css"), "").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = c.get(format!("{root}/auth/account")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(res.headers()["location"], "/auth?next=/auth/account");
+
+    // Register and sign in through the pages' own forms.
+    let res = c
+        .post(format!("{root}/auth/v1/users"))
+        .form(&[("username", "nina"), ("password", PW)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(res.headers()["location"], "/auth?registered=1");
+    let res = c
+        .post(format!("{root}/auth/v1/sessions"))
+        .form(&[("username", "nina"), ("password", PW)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(res.headers()["location"], "/auth/account");
+    let cookie = cookie_pair(res.headers(), "keyward").unwrap();
+    let res = get_with_cookie(&format!("{root}/auth/account"), &cookie).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let html = res.text().await.unwrap();
+    assert!(
+        html.contains(r#"action="/auth/account/sign-out""#),
+        "{html}"
+    );
+    let res = c
+        .post(format!("{root}/auth/account/sign-out"))
+        .header("cookie", &cookie)
+        .form(&[("x", "1")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(res.headers()["location"], "/auth?signed_out=1");
+    let res = get_with_cookie(&format!("{root}/auth/v1/sessions/current"), &cookie).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+}
