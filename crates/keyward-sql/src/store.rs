@@ -134,6 +134,10 @@ impl SqlStore {
         if is_postgres_url(url) {
             let pool = PgPoolOptions::new()
                 .max_connections(options.max_connections.max(1))
+                // sqlx pings every connection it hands out by default: a second round trip
+                // for each query. A dead connection fails its query instead, which the
+                // store reports as unavailable (503) and the pool replaces.
+                .test_before_acquire(false)
                 .acquire_timeout(options.timeout)
                 .connect(url)
                 .await
