@@ -27,7 +27,7 @@ mod pages;
 mod routes;
 
 pub use auth_session::{AuthSession, SignedIn, SignedOut};
-pub use axum::http::HeaderMap;
+use axum::http::HeaderMap;
 pub use error::ApiError;
 pub use extract::{ClientAddr, CurrentSession, MaybeSession, Principal};
 use ipnet::IpNet;
@@ -147,6 +147,7 @@ impl Keyward {
     /// `path` (absolute, from keyward's root) under the public URL's path: what the pages
     /// link, post and redirect to, so they work where an app mounts them (`nest("/auth", …)`
     /// with the public URL `https://app.example/auth`).
+    ///
     /// The root is the base itself (`/auth`, `/auth?next=…`): where axum's `nest` puts a
     /// router's `/`.
     pub fn path(&self, path: &str) -> String {
@@ -248,8 +249,10 @@ impl Keyward {
     }
 
     /// The background work a node does, every 30 s until the returned future is dropped:
-    /// drop expired sessions and tokens (from a session cache's memory too), make a signing
-    /// key when one is due (one node of a fleet does), and pick up keys rotated elsewhere.
+    /// drop expired sessions and tokens (from a session cache's memory too; Redis expires keys
+    /// by itself and prunes its indexes at most hourly), make a signing key when one is due
+    /// (one node of a fleet does), and pick up keys rotated elsewhere (within 30 s; the
+    /// contract promises a minute).
     /// Spawn it once per process: `tokio::spawn(kw.maintenance())`.
     pub fn maintenance(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let kw = self.clone();

@@ -258,9 +258,7 @@ async fn account_page(
     MaybeSession(cs): MaybeSession,
 ) -> Result<Response, ApiError> {
     let Some(cs) = cs else {
-        return Ok(
-            Redirect::to(&kw.path(&format!("/?next={}", kw.path("/account")))).into_response(),
-        );
+        return Ok(to_sign_in(&kw));
     };
     render_account(&kw, &cs, None, StatusCode::OK).await
 }
