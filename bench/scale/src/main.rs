@@ -91,11 +91,15 @@ impl Engine {
     async fn store(&self) -> Arc<dyn SessionStore> {
         match self {
             Self::Redis(r) => Arc::new(
-                keyward_redis::RedisStore::connect(&r.url(), Default::default())
+                keyward_redis::RedisStore::connect(&r.url().parse().unwrap(), Default::default())
                     .await
                     .unwrap(),
             ),
-            Self::Postgres(p) => Arc::new(keyward_sql::SqlStore::open(&p.url).await.unwrap()),
+            Self::Postgres(p) => Arc::new(
+                keyward_sql::SqlStore::open(&p.url.parse().unwrap())
+                    .await
+                    .unwrap(),
+            ),
         }
     }
 

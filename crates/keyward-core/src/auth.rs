@@ -56,6 +56,7 @@ impl AuthConfig {
 
 /// What the service can fail with. Each variant maps to one HTTP answer at the edge.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AuthError {
     /// Unknown user, wrong password or locked account: deliberately one error.
     #[error("invalid username or password")]

@@ -106,6 +106,7 @@ pub struct Username(String);
 
 /// Why a username was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum UsernameError {
     /// Empty.
     #[error("username must not be empty")]

@@ -13,6 +13,7 @@ pub mod password;
 pub mod secret;
 pub mod store;
 pub mod throttle;
+pub mod url;
 
 pub use auth::{
     AuthConfig, AuthError, AuthResult, AuthService, ClientInfo, NewSession, Readiness, AUDIT,
@@ -29,3 +30,4 @@ pub use store::{
     UserRecord, UserStore,
 };
 pub use throttle::{DynFailureLog, FailureLog, MemoryFailureLog, Throttle, ThrottleConfig};
+pub use url::{Engine, RedisTopology, StoreUrl, StoreUrlError};

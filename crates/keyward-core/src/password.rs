@@ -20,6 +20,7 @@ pub const ARGON2_P: u32 = 1;
 
 /// Why a new password was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PolicyError {
     /// Fewer than [`PASSWORD_MIN`] characters.
     #[error("password must be at least {PASSWORD_MIN} characters")]

@@ -11,6 +11,7 @@ use time::{Duration, OffsetDateTime};
 
 /// What a store can fail with.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// The store could not be reached or did not answer in time: retry later (HTTP 503).
     #[error("store unavailable")]

@@ -264,7 +264,8 @@ impl From<StoreError> for ApiError {
                 Self::Unavailable
             }
             StoreError::Conflict(what) => Self::Conflict(format!("conflict: {what}")),
-            corrupt @ StoreError::Corrupt(_) => Self::internal(corrupt),
+            // Corrupt data, and any kind a later version adds: the server's fault.
+            other => Self::internal(other),
         }
     }
 }
@@ -285,7 +286,8 @@ impl From<AuthError> for ApiError {
             AuthError::NoSuchUser => Self::NotFound,
             AuthError::SessionGone => Self::Unauthorized,
             AuthError::Store(e) => e.into(),
-            other @ (AuthError::Hash(_) | AuthError::Random(_)) => Self::internal(other),
+            // Hashing and randomness failures, and any kind a later version adds.
+            other => Self::internal(other),
         }
     }
 }

@@ -40,11 +40,11 @@ pub mod url;
 
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand, InfoKind};
-use keyward_core::{StoreError, StoreResult};
+use keyward_core::{StoreError, StoreResult, StoreUrl};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-pub use url::{is_redis_url, Topology};
+pub use url::Topology;
 
 /// How many replicas must acknowledge a write before it is reported done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +108,7 @@ impl RedisStore {
     /// Connect to `url` (see [`url`] for the forms). Waits up to the timeout for the first
     /// connection; when Redis is down the store still starts, answers unavailable, and keeps
     /// reconnecting in the background.
-    pub async fn connect(url: &str, options: RedisOptions) -> Result<Self, url::UrlError> {
+    pub async fn connect(url: &StoreUrl, options: RedisOptions) -> Result<Self, url::UrlError> {
         let (config, topology) = url::parse(url)?;
         let timeout = options.timeout;
         let client = Builder::from_config(config.clone())

@@ -8,50 +8,20 @@
 
 use fred::types::config::{ClusterDiscoveryPolicy, Config, Server, ServerConfig, TlsConnector};
 
-/// What kind of deployment a URL names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Topology {
-    /// One primary (possibly with replicas nobody fails over to).
-    Standalone,
-    /// A primary found through Sentinel, which fails over to a replica.
-    Sentinel,
-    /// A Redis Cluster: keys partitioned over several primaries by hash slot.
-    Cluster,
-}
+pub use keyward_core::RedisTopology as Topology;
+use keyward_core::{Engine, StoreUrl};
 
 /// A store URL that cannot be used; the message never repeats the password.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UrlError(pub(crate) String);
 
-/// Whether `url` is one of the Redis forms.
-pub fn is_redis_url(url: &str) -> bool {
-    [
-        "redis://",
-        "rediss://",
-        "redis+sentinel://",
-        "rediss+sentinel://",
-        "redis+cluster://",
-        "rediss+cluster://",
-    ]
-    .iter()
-    .any(|p| url.starts_with(p))
-}
-
 /// Parse a store URL into a fred configuration and its topology.
-pub fn parse(url: &str) -> Result<(Config, Topology), UrlError> {
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| UrlError("not a URL".into()))?;
-    let (tls, topology) = match scheme {
-        "redis" => (false, Topology::Standalone),
-        "rediss" => (true, Topology::Standalone),
-        "redis+sentinel" => (false, Topology::Sentinel),
-        "rediss+sentinel" => (true, Topology::Sentinel),
-        "redis+cluster" => (false, Topology::Cluster),
-        "rediss+cluster" => (true, Topology::Cluster),
-        other => return Err(UrlError(format!("unknown scheme {other:?}"))),
+pub fn parse(url: &StoreUrl) -> Result<(Config, Topology), UrlError> {
+    let Engine::Redis { tls, topology } = url.engine() else {
+        return Err(UrlError(format!("{url} is not a Redis URL")));
     };
+    let rest = url.expose().split_once("://").map_or("", |(_, rest)| rest);
     let (authority, path) = match rest.split_once('/') {
         Some((a, p)) => (a, p),
         None => (rest, ""),
@@ -179,6 +149,13 @@ fn decode(s: &str) -> Result<String, UrlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse(url: &str) -> Result<(Config, Topology), UrlError> {
+        match url.parse::<StoreUrl>() {
+            Ok(url) => super::parse(&url),
+            Err(e) => Err(UrlError(e.to_string())),
+        }
+    }
 
     fn hosts(c: &Config) -> Vec<(String, u16)> {
         match &c.server {

@@ -27,7 +27,7 @@ fn register(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let auth = rt.block_on(async {
         let url = format!("sqlite://{}", dir.path().join("kw.db").display());
-        let db = Arc::new(SqlStore::open(&url).await.unwrap());
+        let db = Arc::new(SqlStore::open(&url.parse().unwrap()).await.unwrap());
         Arc::new(AuthService::new(
             db,
             Arc::new(MemorySessionStore::new()),

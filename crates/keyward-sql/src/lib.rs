@@ -16,14 +16,18 @@ mod tokens;
 mod users;
 
 pub use feed::{PgFeed, FEED_RETENTION};
-pub use store::{is_postgres_url, SqlOptions, SqlStore};
+pub use store::{SqlOptions, SqlStore};
 
 use keyward_core::StoreError;
 
 /// The file behind a `sqlite://` URL; `None` for in-memory databases and other URLs.
-pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+pub fn sqlite_file(url: &keyward_core::StoreUrl) -> Option<std::path::PathBuf> {
     use std::str::FromStr;
-    if !url.starts_with("sqlite:") || url.contains(":memory:") || url.contains("mode=memory") {
+    if url.engine() != keyward_core::Engine::Sqlite {
+        return None;
+    }
+    let url = url.expose();
+    if url.contains(":memory:") || url.contains("mode=memory") {
         return None;
     }
     let options = sqlx::sqlite::SqliteConnectOptions::from_str(url).ok()?;
@@ -34,6 +38,9 @@ pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum OpenError {
+    /// The URL names an engine that holds no users (Redis, memory).
+    #[error("this store holds sessions, not users: a database is sqlite://PATH or postgres://…")]
+    Engine(keyward_core::Engine),
     /// The URL could not be understood.
     #[error("invalid database URL")]
     Url(#[source] sqlx::Error),

@@ -9,6 +9,7 @@
 
 use crate::readers::ReadPool;
 use crate::OpenError;
+use keyward_core::{Engine, StoreUrl};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -123,15 +124,15 @@ pub struct SqlStore {
     path: Option<std::path::PathBuf>,
 }
 
-/// Whether a URL names a PostgreSQL database.
-pub fn is_postgres_url(url: &str) -> bool {
-    url.starts_with("postgres://") || url.starts_with("postgresql://")
-}
-
 impl SqlStore {
     /// Open (creating a SQLite file if needed) the database at `url` without migrating it.
-    pub async fn connect(url: &str, options: SqlOptions) -> Result<Self, OpenError> {
-        if is_postgres_url(url) {
+    pub async fn connect(url: &StoreUrl, options: SqlOptions) -> Result<Self, OpenError> {
+        let engine = url.engine();
+        if !engine.holds_users() {
+            return Err(OpenError::Engine(engine));
+        }
+        let url = url.expose();
+        if engine == Engine::Postgres {
             let pool = PgPoolOptions::new()
                 .max_connections(options.max_connections.max(1))
                 // sqlx pings every connection it hands out by default: a second round trip
@@ -181,12 +182,12 @@ impl SqlStore {
     }
 
     /// Open with default options and bring the schema up to date.
-    pub async fn open(url: &str) -> Result<Self, OpenError> {
+    pub async fn open(url: &StoreUrl) -> Result<Self, OpenError> {
         Self::open_with(url, SqlOptions::default()).await
     }
 
     /// Open and bring the schema up to date.
-    pub async fn open_with(url: &str, options: SqlOptions) -> Result<Self, OpenError> {
+    pub async fn open_with(url: &StoreUrl, options: SqlOptions) -> Result<Self, OpenError> {
         let mut store = Self::connect(url, options).await?;
         store.migrate().await?;
         Ok(store)

@@ -68,7 +68,7 @@ async fn cached(
 }
 
 async fn redis_node(url: &str, mode: CacheMode, grace: Duration) -> Arc<CachedSessions> {
-    let store = RedisStore::connect(url, RedisOptions::default())
+    let store = RedisStore::connect(&url.parse().unwrap(), RedisOptions::default())
         .await
         .unwrap();
     let feed = Arc::new(RedisFeed::new(store.clone()).unwrap());
@@ -212,7 +212,11 @@ impl CacheEngine for PgEngine {
             timeout: Duration::from_secs(2),
             ..Default::default()
         };
-        let store = Arc::new(SqlStore::open_with(&self.0.url, options).await.unwrap());
+        let store = Arc::new(
+            SqlStore::open_with(&self.0.url.parse().unwrap(), options)
+                .await
+                .unwrap(),
+        );
         let feed = Arc::new(store.feed().unwrap());
         cached(store.clone(), store, feed, mode, grace).await
     }

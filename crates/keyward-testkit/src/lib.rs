@@ -48,7 +48,7 @@ pub fn logs() {
 pub async fn sqlite_fixture() -> Fixture<SqlStore> {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("kw.db").display());
-    let store = SqlStore::open(&url).await.unwrap();
+    let store = SqlStore::open(&url.parse().unwrap()).await.unwrap();
     Fixture {
         store: Arc::new(store),
         keep: vec![Box::new(dir)],
@@ -66,7 +66,9 @@ pub async fn sqlite_sessions() -> Fixture<dyn SessionStore> {
 
 /// SQLite in memory as a session store: no inline readers, every query through sqlx.
 pub async fn sqlite_memory_sessions() -> Fixture<dyn SessionStore> {
-    let store = SqlStore::open("sqlite::memory:").await.unwrap();
+    let store = SqlStore::open(&"sqlite::memory:".parse().unwrap())
+        .await
+        .unwrap();
     Fixture {
         store: Arc::new(store),
         keep: vec![],
@@ -76,7 +78,9 @@ pub async fn sqlite_memory_sessions() -> Fixture<dyn SessionStore> {
 /// A fresh private PostgreSQL as every kind of store.
 pub async fn postgres_fixture() -> Fixture<keyward_sql::SqlStore> {
     let server = pg::PgServer::start().await;
-    let store = keyward_sql::SqlStore::open(&server.url).await.unwrap();
+    let store = keyward_sql::SqlStore::open(&server.url.parse().unwrap())
+        .await
+        .unwrap();
     Fixture {
         store: Arc::new(store),
         keep: vec![Box::new(server)],
@@ -149,9 +153,10 @@ pub async fn sqlite_tokens() -> Fixture<dyn keyward_core::TokenStore> {
 /// A store on a private standalone Redis.
 pub async fn redis_store() -> (Arc<keyward_redis::RedisStore>, redis::RedisServer) {
     let server = redis::RedisServer::start().await;
-    let store = keyward_redis::RedisStore::connect(&server.url(), Default::default())
-        .await
-        .unwrap();
+    let store =
+        keyward_redis::RedisStore::connect(&server.url().parse().unwrap(), Default::default())
+            .await
+            .unwrap();
     (Arc::new(store), server)
 }
 
@@ -456,18 +461,18 @@ pub async fn spawn_app() -> TestApp {
 /// ([`keyward::Application`]) on `127.0.0.1:0`, with a fresh SQLite database in a temp dir and
 /// a [`ManualClock`].
 pub async fn spawn_app_with(opts: AppOptions) -> TestApp {
-    use keyward::config::{Settings, SettingsArgs, TokenAlgorithm};
+    use keyward::config::{Settings, SettingsLayer};
     let dir = tempfile::tempdir().unwrap();
     let std = |d: time::Duration| std::time::Duration::try_from(d).unwrap();
     let t = &opts.auth.throttle;
-    let args = SettingsArgs {
+    let layer = SettingsLayer {
         bind: Some("127.0.0.1:0".parse().unwrap()),
         database: Some(
             format!("sqlite://{}", dir.path().join("keyward.db").display())
-                .as_str()
-                .into(),
+                .parse()
+                .unwrap(),
         ),
-        session_store: (opts.sessions == SessionBackend::Memory).then(|| "memory".into()),
+        session_store: (opts.sessions == SessionBackend::Memory).then(|| "memory".parse().unwrap()),
         public_url: opts.public_url.as_deref().map(|u| u.parse().unwrap()),
         allowed_origins: Some(
             opts.allowed_origins
@@ -492,17 +497,13 @@ pub async fn spawn_app_with(opts: AppOptions) -> TestApp {
         access_token_ttl: Some(std(opts.access_ttl)),
         refresh_token_ttl: Some(std(opts.refresh_ttl)),
         refresh_reuse_grace: Some(std(opts.refresh_reuse_grace)),
-        token_algorithm: Some(match opts.algorithm {
-            SigningAlg::EdDSA => TokenAlgorithm::EdDSA,
-            SigningAlg::ES256 => TokenAlgorithm::ES256,
-            SigningAlg::RS256 => TokenAlgorithm::RS256,
-        }),
+        token_algorithm: Some(opts.algorithm),
         introspection_token: opts.introspection_token.map(Into::into),
         password_grant: Some(opts.password_grant),
         key_rotation_interval: Some(std(opts.key_rotation_interval)),
-        ..SettingsArgs::default()
+        ..SettingsLayer::default()
     };
-    let settings = Settings::resolve(&args).unwrap();
+    let settings = Settings::resolve(layer).unwrap();
     let clock = Arc::new(ManualClock::starting_now());
     let mut switch = None;
     let app = keyward::Application::build_with(settings, clock.clone(), |mut stores| {

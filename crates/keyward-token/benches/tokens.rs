@@ -77,7 +77,7 @@ fn service(c: &mut Criterion) {
         .unwrap();
     let (svc, access, refresh) = rt.block_on(async {
         let db = Arc::new(
-            keyward_sql::SqlStore::open("sqlite::memory:")
+            keyward_sql::SqlStore::open(&"sqlite::memory:".parse().unwrap())
                 .await
                 .unwrap(),
         );

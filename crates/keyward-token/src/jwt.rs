@@ -43,6 +43,7 @@ const MAX_LEN: usize = 8 * 1024;
 
 /// Why a token was refused (kept internal: every case answers the same 401).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Rejected {
     /// Not a JWS, or too long.
     #[error("malformed")]

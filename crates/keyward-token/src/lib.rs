@@ -65,6 +65,7 @@ impl TokenConfig {
 
 /// What the token side can fail with.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TokenError {
     /// Bad credentials, or an unknown, used, revoked or expired refresh token (RFC 6749
     /// `invalid_grant`). Deliberately one error.

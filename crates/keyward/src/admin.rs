@@ -3,7 +3,6 @@
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use keyward::application::auth_config;
 use keyward::config::Settings;
 use keyward::stores;
 use keyward_core::{
@@ -65,14 +64,14 @@ pub enum SessionsCommand {
 }
 
 async fn service(settings: &Settings) -> anyhow::Result<AuthService> {
-    let stores = stores::open(settings).await?;
+    let stores = stores::open(&settings.stores).await?;
     let hasher = PasswordHasher::new(Some(1)).context("starting the password hasher")?;
     Ok(AuthService::new(
         stores.users,
         stores.sessions,
         hasher,
         Arc::new(SystemClock),
-        auth_config(settings),
+        settings.auth.clone(),
     )
     .with_token_store(stores.tokens))
 }
@@ -86,11 +85,11 @@ pub enum KeysCommand {
 }
 
 pub async fn keys(cmd: KeysCommand, settings: &Settings, json: bool) -> anyhow::Result<()> {
-    let stores = stores::open(settings).await?;
+    let stores = stores::open(&settings.stores).await?;
     let now = keyward_core::Clock::now(&SystemClock);
     if let KeysCommand::Rotate = cmd {
-        let kek = stores::key_encryption_key(settings)?;
-        let alg = keyward::application::token_config(settings).algorithm;
+        let kek = stores::key_encryption_key(&settings.stores)?;
+        let alg = settings.tokens.algorithm;
         let key = keyward_token::keys::generate(alg, &kek, now)?;
         stores.keys.insert_key(&key).await?;
         if json {
@@ -107,7 +106,7 @@ pub async fn keys(cmd: KeysCommand, settings: &Settings, json: bool) -> anyhow::
         return Ok(());
     }
     let list = stores.keys.list_keys().await?;
-    let ttl = keyward::application::dur(settings.access_token_ttl);
+    let ttl = settings.tokens.access_ttl;
     let created: Vec<OffsetDateTime> = list.iter().map(|k| k.created_at).collect();
     let status = |i: usize| {
         if keyward_token::keys::is_retired(&created, i, now, ttl) {

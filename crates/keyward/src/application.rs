@@ -1,12 +1,10 @@
 //! The composition root: settings in, a bound server out.
 
-use crate::config::{ConfigError, Settings, TokenAlgorithm};
+use crate::config::{ConfigError, Settings};
 use crate::stores::{self, OpenFailure, Stores};
-use keyward_core::{
-    AuthConfig, AuthService, DeviceKey, PasswordHasher, SharedClock, ThrottleConfig,
-};
-use keyward_http::{HttpConfig, Keyward};
-use keyward_token::{SigningAlg, TokenConfig, TokenService};
+use keyward_core::{AuthService, DeviceKey, PasswordHasher, SharedClock};
+use keyward_http::Keyward;
+use keyward_token::TokenService;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,46 +34,6 @@ pub enum StartError {
     /// The signing keys cannot be loaded or made.
     #[error("loading the signing keys")]
     Keys(#[source] keyward_token::TokenError),
-}
-
-/// A `time` duration from a std one (saturating).
-pub fn dur(d: std::time::Duration) -> time::Duration {
-    time::Duration::try_from(d).unwrap_or(time::Duration::MAX)
-}
-
-/// The service configuration the settings describe.
-pub fn auth_config(settings: &Settings) -> AuthConfig {
-    AuthConfig {
-        idle_timeout: dur(settings.idle_timeout),
-        absolute_timeout: dur(settings.absolute_timeout),
-        open_registration: settings.open_registration,
-        throttle: ThrottleConfig {
-            per_account: settings.login_max_failures_per_account,
-            per_address: settings.login_max_failures_per_address,
-            window: dur(settings.login_failure_window),
-            registrations_per_address: settings.registration_max_per_address,
-            token_failures_per_address: settings.token_max_failures_per_address,
-        },
-    }
-}
-
-/// The token configuration the settings describe.
-pub fn token_config(settings: &Settings) -> TokenConfig {
-    TokenConfig {
-        issuer: settings.issuer.clone(),
-        audience: settings.audience.clone(),
-        access_ttl: dur(settings.access_token_ttl),
-        refresh_ttl: dur(settings.refresh_token_ttl),
-        refresh_reuse_grace: dur(settings.refresh_reuse_grace),
-        algorithm: match settings.token_algorithm {
-            TokenAlgorithm::EdDSA => SigningAlg::EdDSA,
-            TokenAlgorithm::ES256 => SigningAlg::ES256,
-            TokenAlgorithm::RS256 => SigningAlg::RS256,
-        },
-        password_grant: settings.password_grant,
-        key_rotation_interval: dur(settings.key_rotation_interval),
-        introspection_token: settings.introspection_token.clone(),
-    }
 }
 
 /// keyward built from its settings, bound and ready to serve: the stores the URLs name (and
@@ -121,26 +79,16 @@ impl Application {
             addr: settings.bind,
             source,
         })?;
-        if settings.public_url_derived {
-            // Port 0 or an unspecified address: the origin browsers will send is the bound one.
-            settings.public_url = crate::config::default_public_url(addr, true)?;
-        }
-        if settings.issuer_derived {
-            settings.issuer = settings
-                .public_url
-                .as_str()
-                .trim_end_matches('/')
-                .to_owned();
-        }
-        let stores = wrap(stores::open(&settings).await?);
-        let kek = stores::key_encryption_key(&settings)?;
+        settings.bound_to(addr)?;
+        let stores = wrap(stores::open(&settings.stores).await?);
+        let kek = stores::key_encryption_key(&settings.stores)?;
         let hasher = PasswordHasher::new(settings.hash_concurrency).map_err(StartError::Hasher)?;
         let mut auth = AuthService::new(
             stores.users.clone(),
             stores.sessions.clone(),
             hasher,
             clock,
-            auth_config(&settings),
+            settings.auth.clone(),
         )
         .with_token_store(stores.tokens.clone())
         // Device cookies verify on every node that shares the KEK, and across restarts.
@@ -155,16 +103,11 @@ impl Application {
             stores.tokens.clone(),
             stores.keys.clone(),
             kek,
-            token_config(&settings),
+            settings.tokens.clone(),
         )
         .await
         .map_err(StartError::Keys)?;
-        let http = HttpConfig {
-            public_url: settings.public_url.clone(),
-            allowed_origins: settings.allowed_origins.clone(),
-            trusted_proxies: settings.trusted_proxies.clone(),
-        };
-        let keyward = Keyward::new(auth, Some(Arc::new(tokens)), http);
+        let keyward = Keyward::new(auth, Some(Arc::new(tokens)), settings.http.clone());
         Ok(Self {
             listener,
             addr,

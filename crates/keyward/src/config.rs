@@ -1,13 +1,21 @@
 //! Settings: flags, `KEYWARD_*` environment variables and an optional TOML file, with the
-//! precedence flag > env > file > default. Two stages: clap parses raw values (flags and env),
-//! then [`Settings::resolve`] merges the file and the defaults and validates the whole.
+//! precedence flag > env > file > default. Every setting is declared once, in
+//! [`SettingsLayer`]: clap parses the flags and the environment into one layer and the file,
+//! through the same parsers, into another; [`Settings::from_matches`] puts the first over the
+//! second and [`Settings::resolve`] fills in the defaults and validates the whole into the
+//! configuration of each part (stores, HTTP edge, sessions, tokens).
 // The settings' doc comments are also `--help`, where `<bind>` reads as a placeholder.
 #![allow(rustdoc::invalid_html_tags)]
 
-use clap::{Args, ValueEnum};
+use clap::{ArgMatches, Args, FromArgMatches, ValueEnum};
 use ipnet::IpNet;
+use keyward_core::{AuthConfig, Engine, StoreUrl, ThrottleConfig};
+use keyward_http::HttpConfig;
+use keyward_redis::RedisOptions;
+use keyward_replica::{CacheMode, CacheOptions};
+use keyward_sql::SqlOptions;
+use keyward_token::{SigningAlg, TokenConfig};
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -73,55 +81,19 @@ fn parse_url(s: &str) -> Result<Url, String> {
     Ok(u)
 }
 
-/// A store URL as given. `Debug` and `Display` replace its password by `***`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct StoreUrl(String);
-
-/// The URL as given, password and all: for opening the store.
-impl std::ops::Deref for StoreUrl {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<&str> for StoreUrl {
-    fn from(s: &str) -> Self {
-        Self(s.trim().to_owned())
-    }
-}
-
-impl From<String> for StoreUrl {
-    fn from(s: String) -> Self {
-        s.as_str().into()
-    }
-}
-
-impl PartialEq<&str> for StoreUrl {
-    fn eq(&self, other: &&str) -> bool {
-        self.0 == *other
-    }
-}
-
-impl std::fmt::Debug for StoreUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "StoreUrl({:?})", redacted(&self.0))
-    }
-}
-
-impl std::fmt::Display for StoreUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&redacted(&self.0))
-    }
-}
-
-fn parse_store_url(s: &str) -> Result<StoreUrl, String> {
-    Ok(s.into())
-}
-
 /// A secret setting: kept in a type whose `Debug` never shows it.
 fn parse_secret(s: &str) -> Result<SecretString, String> {
     Ok(SecretString::from(s))
+}
+
+fn parse_bind(s: &str) -> Result<SocketAddr, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not an address like 127.0.0.1:8080"))
+}
+
+fn parse_algorithm(s: &str) -> Result<SigningAlg, String> {
+    SigningAlg::parse(s.trim()).ok_or_else(|| format!("'{s}' is not one of EdDSA, ES256, RS256"))
 }
 
 fn parse_bool(s: &str) -> Result<bool, String> {
@@ -133,8 +105,7 @@ fn parse_bool(s: &str) -> Result<bool, String> {
 }
 
 /// Where sessions are cached on each node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SessionCache {
     /// Every validation reads the store.
     None,
@@ -144,23 +115,8 @@ pub enum SessionCache {
     Replicated,
 }
 
-/// Signing algorithm of access tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
-pub enum TokenAlgorithm {
-    /// Ed25519.
-    #[value(name = "EdDSA")]
-    EdDSA,
-    /// P-256.
-    #[value(name = "ES256")]
-    ES256,
-    /// RSA 2048 PKCS#1 v1.5.
-    #[value(name = "RS256")]
-    RS256,
-}
-
 /// Log output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     /// Human-readable lines.
     Text,
@@ -168,21 +124,34 @@ pub enum LogFormat {
     Json,
 }
 
-/// Every setting, as flags and environment variables. Unset means "not given here".
+/// The command line's settings: a [`SettingsLayer`] from flags and `KEYWARD_*` variables, and
+/// the file beneath it.
 #[derive(Debug, Clone, Default, Args)]
 pub struct SettingsArgs {
     /// TOML file with settings (keys in snake_case, e.g. idle_timeout = "30m").
     #[arg(long, env = "KEYWARD_CONFIG", value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
+    /// The settings given as flags or environment variables.
+    #[command(flatten)]
+    pub layer: SettingsLayer,
+}
+
+/// Every setting, declared once. Unset means "not given here". clap fills a layer from the
+/// flags and `KEYWARD_*` variables, the same declarations read the TOML file into another
+/// (`read_file`), the command line's layer goes over the file's, and [`Settings::resolve`]
+/// validates the result into each part's configuration. A new setting is a field here and
+/// its line in `resolve`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct SettingsLayer {
     /// Address to listen on [default: 127.0.0.1:8080].
-    #[arg(long, env = "KEYWARD_BIND", value_name = "ADDR", global = true)]
+    #[arg(long, env = "KEYWARD_BIND", value_name = "ADDR", value_parser = parse_bind, global = true)]
     pub bind: Option<SocketAddr>,
     /// Users database: sqlite://PATH or postgres://… [default: sqlite://keyward.db].
-    #[arg(long, env = "KEYWARD_DATABASE", value_name = "URL", value_parser = parse_store_url, global = true)]
+    #[arg(long, env = "KEYWARD_DATABASE", value_name = "URL", global = true)]
     pub database: Option<StoreUrl>,
     /// Session store: memory, sqlite://PATH, redis://…, rediss://…, redis+sentinel://…,
     /// redis+cluster://…, postgres://… [default: the --database].
-    #[arg(long, env = "KEYWARD_SESSION_STORE", value_name = "URL", value_parser = parse_store_url, global = true)]
+    #[arg(long, env = "KEYWARD_SESSION_STORE", value_name = "URL", global = true)]
     pub session_store: Option<StoreUrl>,
     /// Local session cache: none, near or replicated [default: none].
     #[arg(
@@ -225,13 +194,8 @@ pub struct SettingsArgs {
     #[arg(long, env = "KEYWARD_OPEN_REGISTRATION", value_name = "BOOL", value_parser = parse_bool, global = true)]
     pub open_registration: Option<bool>,
     /// Access-token signing algorithm: EdDSA, ES256 or RS256 [default: EdDSA].
-    #[arg(
-        long,
-        env = "KEYWARD_TOKEN_ALGORITHM",
-        value_name = "ALG",
-        global = true
-    )]
-    pub token_algorithm: Option<TokenAlgorithm>,
+    #[arg(long, env = "KEYWARD_TOKEN_ALGORITHM", value_name = "ALG", value_parser = parse_algorithm, global = true)]
+    pub token_algorithm: Option<SigningAlg>,
     /// Bearer secret that protects token introspection.
     #[arg(
         long,
@@ -347,500 +311,363 @@ pub fn parse_wait_replicas(s: &str) -> Result<WaitReplicas, String> {
     }
 }
 
-/// The TOML file: the same settings in snake_case; unknown keys are errors.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileSettings {
-    bind: Option<String>,
-    database: Option<String>,
-    session_store: Option<String>,
-    session_cache: Option<String>,
-    public_url: Option<String>,
-    allowed_origins: Option<StringOrList>,
-    idle_timeout: Option<String>,
-    absolute_timeout: Option<String>,
-    access_token_ttl: Option<String>,
-    refresh_token_ttl: Option<String>,
-    refresh_reuse_grace: Option<String>,
-    issuer: Option<String>,
-    audience: Option<String>,
-    open_registration: Option<bool>,
-    token_algorithm: Option<String>,
-    introspection_token: Option<String>,
-    key_encryption_key: Option<String>,
-    key_rotation_interval: Option<String>,
-    password_grant: Option<bool>,
-    registration_max_per_address: Option<u32>,
-    token_max_failures_per_address: Option<u32>,
-    trusted_proxies: Option<StringOrList>,
-    log_format: Option<String>,
-    login_max_failures_per_account: Option<u32>,
-    login_max_failures_per_address: Option<u32>,
-    login_failure_window: Option<String>,
-    hash_concurrency: Option<usize>,
-    store_timeout: Option<String>,
-    outage_grace: Option<String>,
-    redis_wait_replicas: Option<String>,
-    session_cache_capacity: Option<u64>,
-}
-
-/// Lists may be written `"a,b"` or `["a", "b"]` in the file.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum StringOrList {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl StringOrList {
-    fn items(&self) -> Vec<String> {
-        match self {
-            Self::One(s) => s
-                .split(',')
-                .map(|x| x.trim().to_owned())
-                .filter(|x| !x.is_empty())
-                .collect(),
-            Self::Many(v) => v.clone(),
-        }
-    }
-}
-
-/// Validated settings.
+/// Validated settings: the bound address, and the configuration of each part of keyward.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Settings {
+    /// Where to listen.
     pub bind: SocketAddr,
-    pub database: StoreUrl,
-    pub session_store: StoreUrl,
-    pub session_cache: SessionCache,
-    pub session_cache_capacity: u64,
-    pub public_url: Url,
-    /// True when no setting named the public URL: it is then derived from the bound address.
-    pub public_url_derived: bool,
-    pub allowed_origins: Vec<Url>,
-    pub idle_timeout: Duration,
-    pub absolute_timeout: Duration,
-    pub access_token_ttl: Duration,
-    pub refresh_token_ttl: Duration,
-    pub refresh_reuse_grace: Duration,
-    pub issuer: String,
-    /// True when no setting named the issuer: it follows the public URL.
-    pub issuer_derived: bool,
-    pub audience: String,
-    pub open_registration: bool,
-    pub token_algorithm: TokenAlgorithm,
-    pub introspection_token: Option<SecretString>,
-    pub key_encryption_key: Option<SecretString>,
-    pub key_rotation_interval: Duration,
-    pub password_grant: bool,
-    pub registration_max_per_address: u32,
-    pub token_max_failures_per_address: u32,
-    pub trusted_proxies: Vec<IpNet>,
-    pub log_format: LogFormat,
-    pub login_max_failures_per_account: u32,
-    pub login_max_failures_per_address: u32,
-    pub login_failure_window: Duration,
+    /// The stores, and the cache in front of the sessions.
+    pub stores: StoreSettings,
+    /// The HTTP edge: public URL, other allowed origins, trusted proxies.
+    pub http: HttpConfig,
+    /// Sessions, registration and throttling.
+    pub auth: AuthConfig,
+    /// Access and refresh tokens, signing keys.
+    pub tokens: TokenConfig,
+    /// Password hashes computed at once (`None`: cores - 1).
     pub hash_concurrency: Option<usize>,
-    pub store_timeout: Duration,
-    pub outage_grace: Duration,
-    pub redis_wait_replicas: WaitReplicas,
+    /// Log output.
+    pub log_format: LogFormat,
+    /// The settings no one gave, which follow the bound address (port 0 in tests).
+    pub(crate) derived: Derived,
 }
 
-fn file_value<T>(
-    setting: &str,
-    raw: Option<&str>,
-    parse: impl Fn(&str) -> Result<T, String>,
-) -> Result<Option<T>, ConfigError> {
-    raw.map(|r| parse(r).map_err(|m| bad(setting, format!("{m} (in the config file)"))))
-        .transpose()
+/// Which settings were derived rather than given.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Derived {
+    /// The public URL: from `--bind`.
+    pub public_url: bool,
+    /// The issuer: from the public URL.
+    pub issuer: bool,
 }
 
-fn enum_value<T: ValueEnum>(s: &str) -> Result<T, String> {
-    T::from_str(s, false).map_err(|_| {
-        let names: Vec<String> = T::value_variants()
-            .iter()
-            .filter_map(|v| v.to_possible_value())
-            .map(|p| p.get_name().to_owned())
-            .collect();
-        format!("'{s}' is not one of {}", names.join(", "))
-    })
+/// Where users, sessions and keys are kept, and how they are reached.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct StoreSettings {
+    /// The users database (also the signing keys).
+    pub database: StoreUrl,
+    /// The session and token store.
+    pub session_store: StoreUrl,
+    /// Options of the SQL stores.
+    pub sql: SqlOptions,
+    /// Options of a Redis session store.
+    pub redis: RedisOptions,
+    /// The cache in front of the session store, if any.
+    pub cache: Option<CacheOptions>,
+    /// The key that seals signing keys at rest, when given.
+    pub key_encryption_key: Option<SecretString>,
 }
 
-fn check_store_url(setting: &str, url: &str, allow_memory: bool) -> Result<(), ConfigError> {
-    let scheme = url.split(':').next().unwrap_or_default();
-    match scheme {
-        "sqlite" | "postgres" | "postgresql" => Ok(()),
-        "memory" if allow_memory && url == "memory" => Ok(()),
-        "redis" | "rediss" | "redis+sentinel" | "redis+cluster" | "rediss+sentinel"
-        | "rediss+cluster"
-            if allow_memory =>
-        {
-            keyward_redis::url::parse(url)
-                .map(|_| ())
-                .map_err(|e| bad(setting, format!("'{}': {e}", redacted(url))))
-        }
-        "redis" | "rediss" | "redis+sentinel" | "redis+cluster" | "rediss+sentinel"
-        | "rediss+cluster" => Err(bad(
-            setting,
-            "Redis holds sessions and tokens, not users: give it as --session-store and keep --database on sqlite:// or postgres://",
-        )),
-        _ => Err(bad(
-            setting,
-            format!(
-                "'{}' is not a supported URL (sqlite://PATH, postgres://…{})",
-                redacted(url),
-                if allow_memory { ", redis://…, memory" } else { "" }
-            ),
-        )),
+/// The value of a setting: given, else the default; checked by `check` (a message saying
+/// what is wrong) so that every bound is stated next to its setting.
+fn setting<T>(
+    name: &str,
+    given: Option<T>,
+    default: T,
+    check: impl FnOnce(&T) -> Option<String>,
+) -> Result<T, ConfigError> {
+    let value = given.unwrap_or(default);
+    match check(&value) {
+        Some(message) => Err(bad(name, message)),
+        None => Ok(value),
     }
 }
 
-/// A store URL fit for an error message: any password replaced by `***`.
-pub fn redacted(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, hosts)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            format!("{scheme}://{user}:***@{hosts}{path}")
-        }
-        None => url.to_owned(),
-    }
+/// No check beyond the parser's.
+fn any<T>(_: &T) -> Option<String> {
+    None
+}
+
+fn at_least_one<T: PartialEq + From<u8>>(n: &T) -> Option<String> {
+    (*n == T::from(0)).then(|| "must be at least 1".into())
+}
+
+fn at_most(max: Duration, text: &'static str) -> impl Fn(&Duration) -> Option<String> {
+    move |d| (*d > max).then(|| format!("must be at most {text}"))
+}
+
+fn not_empty<S: AsRef<str>>(s: &S) -> Option<String> {
+    s.as_ref()
+        .trim()
+        .is_empty()
+        .then(|| "must not be empty".into())
+}
+
+const MINUTE: u64 = 60;
+const DAY: u64 = 86_400;
+
+/// A `time` duration from a std one (saturating).
+pub fn dur(d: Duration) -> time::Duration {
+    time::Duration::try_from(d).unwrap_or(time::Duration::MAX)
 }
 
 impl Settings {
-    /// Merge flags/env over the file over the defaults, and validate.
-    pub fn resolve(args: &SettingsArgs) -> Result<Self, ConfigError> {
-        let file = match &args.config {
-            Some(path) => read_file(path)?,
-            None => FileSettings::default(),
+    /// The settings of a command line: its flags and `KEYWARD_*` variables, over the file that
+    /// `--config` names, over the defaults; validated. `matches` are of a command that
+    /// flattens [`SettingsArgs`].
+    pub fn from_matches(matches: &ArgMatches) -> Result<Self, ConfigError> {
+        let args = SettingsArgs::from_arg_matches(matches).map_err(clap_error)?;
+        let layer = match &args.config {
+            Some(path) => {
+                // A setting the command line gives is not read from the file at all: a bad
+                // value there does not stop a start that overrides it.
+                let mut layer = read_file(path, |id| matches.contains_id(id))?;
+                layer.update_from_arg_matches(matches).map_err(clap_error)?;
+                layer
+            }
+            None => args.layer,
         };
-        let bind = match args.bind {
-            Some(b) => Some(b),
-            None => file_value("bind", file.bind.as_deref(), |s| {
-                s.parse::<SocketAddr>()
-                    .map_err(|_| format!("'{s}' is not an address like 127.0.0.1:8080"))
-            })?,
-        };
-        let bind_given = bind.is_some();
-        let bind = bind.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
-        let database = args
-            .database
-            .clone()
-            .or(file.database.map(StoreUrl::from))
-            .unwrap_or_else(|| "sqlite://keyward.db".into());
-        check_store_url("database", &database, false)?;
-        let session_store = args
-            .session_store
-            .clone()
-            .or(file.session_store.map(StoreUrl::from))
-            .unwrap_or_else(|| database.clone());
-        check_store_url("session-store", &session_store, true)?;
-        let session_cache = match args.session_cache {
-            Some(c) => c,
-            None => file_value(
-                "session-cache",
-                file.session_cache.as_deref(),
-                enum_value::<SessionCache>,
-            )?
-            .unwrap_or(SessionCache::None),
-        };
-        if session_cache != SessionCache::None
-            && !keyward_redis::is_redis_url(&session_store)
-            && !keyward_sql::is_postgres_url(&session_store)
-        {
-            return Err(bad(
-                "session-cache",
-                "near and replicated follow the change feed of a Redis or PostgreSQL --session-store; with this store use none",
-            ));
-        }
-        let session_cache_capacity = args
-            .session_cache_capacity
-            .or(file.session_cache_capacity)
-            .unwrap_or(100_000);
-        if session_cache_capacity == 0 {
-            return Err(bad("session-cache-capacity", "must be at least 1"));
-        }
-        let (public_url, public_url_derived) = match &args.public_url {
-            Some(u) => (u.clone(), false),
-            None => match file_value("public-url", file.public_url.as_deref(), parse_url)? {
-                Some(u) => (u, false),
-                None => (default_public_url(bind, bind_given)?, true),
+        Self::resolve(layer)
+    }
+
+    /// Validate a layer of settings; those it leaves unset take their defaults.
+    pub fn resolve(l: SettingsLayer) -> Result<Self, ConfigError> {
+        let bind_given = l.bind.is_some();
+        let bind = l
+            .bind
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let database = setting("database", l.database, default_database()?, |url| {
+            match url.engine() {
+                e if e.holds_users() => None,
+                Engine::Redis { .. } => Some("Redis holds sessions and tokens, not users: give it as --session-store and keep --database on sqlite:// or postgres://".into()),
+                _ => Some(format!("'{url}' holds no users: the database is sqlite://PATH or postgres://…")),
+            }
+        })?;
+        let session_store =
+            setting(
+                "session-store",
+                l.session_store,
+                database.clone(),
+                |url| match url.engine() {
+                    Engine::Redis { .. } => keyward_redis::url::parse(url)
+                        .err()
+                        .map(|e| format!("'{url}': {e}")),
+                    _ => None,
+                },
+            )?;
+        let session_cache = setting(
+            "session-cache",
+            l.session_cache,
+            SessionCache::None,
+            |cache| {
+                (*cache != SessionCache::None && !session_store.engine().has_change_feed()).then(|| {
+                    "near and replicated follow the change feed of a Redis or PostgreSQL --session-store; with this store use none".into()
+                })
             },
-        };
-        let allowed_origins = match &args.allowed_origins {
-            Some(v) => v.clone(),
-            None => file
-                .allowed_origins
-                .map(|l| {
-                    l.items()
-                        .iter()
-                        .map(|s| parse_url(s))
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .transpose()
-                .map_err(|m| bad("allowed-origins", format!("{m} (in the config file)")))?
-                .unwrap_or_default(),
-        };
-        let dur = |setting: &str,
-                   flag: Option<Duration>,
-                   file: Option<&str>,
-                   default: Duration|
-         -> Result<Duration, ConfigError> {
-            Ok(match flag {
-                Some(d) => d,
-                None => file_value(setting, file, parse_duration)?.unwrap_or(default),
-            })
-        };
-        const MIN: u64 = 60;
-        let idle_timeout = dur(
+        )?;
+        let capacity = setting(
+            "session-cache-capacity",
+            l.session_cache_capacity,
+            100_000,
+            at_least_one,
+        )?;
+        let store_timeout = setting(
+            "store-timeout",
+            l.store_timeout,
+            Duration::from_secs(2),
+            at_most(Duration::from_secs(60), "60s"),
+        )?;
+        let outage_grace = setting(
+            "outage-grace",
+            l.outage_grace,
+            Duration::from_secs(300),
+            at_most(Duration::from_secs(DAY), "1d"),
+        )?;
+        let key_encryption_key = setting(
+            "key-encryption-key",
+            l.key_encryption_key.map(Some),
+            None,
+            |k| {
+                k.as_ref()
+                    .filter(|k| keyward_token::Kek::parse(k.expose_secret()).is_none())
+                    .map(|_| "must be 32 bytes in base64url (43 characters)".into())
+            },
+        )?;
+        let idle_timeout = setting(
             "idle-timeout",
-            args.idle_timeout,
-            file.idle_timeout.as_deref(),
-            Duration::from_secs(30 * MIN),
+            l.idle_timeout,
+            Duration::from_secs(30 * MINUTE),
+            at_most(Duration::from_secs(365 * DAY), "365d"),
         )?;
-        let absolute_timeout = dur(
+        let absolute_timeout = setting(
             "absolute-timeout",
-            args.absolute_timeout,
-            file.absolute_timeout.as_deref(),
-            Duration::from_secs(7 * 24 * 60 * MIN),
+            l.absolute_timeout,
+            Duration::from_secs(7 * DAY),
+            at_most(Duration::from_secs(3650 * DAY), "3650d"),
         )?;
-        let access_token_ttl = dur(
+        let access_ttl = setting(
             "access-token-ttl",
-            args.access_token_ttl,
-            file.access_token_ttl.as_deref(),
-            Duration::from_secs(15 * MIN),
+            l.access_token_ttl,
+            Duration::from_secs(15 * MINUTE),
+            at_most(Duration::from_secs(DAY), "1d"),
         )?;
-        let refresh_token_ttl = dur(
-            "refresh-token-ttl",
-            args.refresh_token_ttl,
-            file.refresh_token_ttl.as_deref(),
-            Duration::from_secs(30 * 24 * 60 * MIN),
-        )?;
-        let login_failure_window = dur(
-            "login-failure-window",
-            args.login_failure_window,
-            file.login_failure_window.as_deref(),
-            Duration::from_secs(15 * MIN),
-        )?;
-        let refresh_reuse_grace = match args.refresh_reuse_grace {
-            Some(d) => d,
-            None => file_value(
-                "refresh-reuse-grace",
-                file.refresh_reuse_grace.as_deref(),
-                parse_duration_or_zero,
-            )?
-            .unwrap_or(Duration::ZERO),
-        };
-        if refresh_reuse_grace > Duration::from_secs(300) {
-            return Err(bad(
-                "refresh-reuse-grace",
-                "must be at most 5m: it is for retries, not for sharing tokens",
-            ));
-        }
-        // Upper bounds keep every computed time representable and every value sensible.
-        const DAY: u64 = 86_400;
-        for (setting, value, max_days) in [
-            ("idle-timeout", idle_timeout, 365),
-            ("absolute-timeout", absolute_timeout, 3650),
-            ("access-token-ttl", access_token_ttl, 1),
-            ("refresh-token-ttl", refresh_token_ttl, 3650),
-            ("login-failure-window", login_failure_window, 1),
-        ] {
-            if value > Duration::from_secs(max_days * DAY) {
-                return Err(bad(setting, format!("must be at most {max_days}d")));
+        let stores = StoreSettings {
+            sql: SqlOptions {
+                timeout: store_timeout,
+                ..SqlOptions::default()
+            },
+            redis: RedisOptions {
+                idle_timeout: dur(idle_timeout),
+                timeout: store_timeout,
+                wait_replicas: l.redis_wait_replicas.unwrap_or(WaitReplicas::Auto),
+                wait_timeout: (store_timeout / 2).min(Duration::from_secs(1)),
+            },
+            cache: match session_cache {
+                SessionCache::None => None,
+                SessionCache::Near => Some(CacheMode::Near(capacity)),
+                SessionCache::Replicated => Some(CacheMode::Replicated),
             }
-        }
-        let issuer_given = args.issuer.clone().or(file.issuer);
-        let issuer_derived = issuer_given.is_none();
-        let issuer =
-            issuer_given.unwrap_or_else(|| public_url.as_str().trim_end_matches('/').to_owned());
-        if issuer.trim().is_empty() {
-            return Err(bad("issuer", "must not be empty"));
-        }
-        let key_encryption_key = args
-            .key_encryption_key
-            .clone()
-            .or(file.key_encryption_key.map(SecretString::from));
-        if let Some(k) = &key_encryption_key {
-            if keyward_token::Kek::parse(k.expose_secret()).is_none() {
-                return Err(bad(
-                    "key-encryption-key",
-                    "must be 32 bytes in base64url (43 characters)",
-                ));
-            }
-        }
-        let audience = args
-            .audience
-            .clone()
-            .or(file.audience)
-            .unwrap_or_else(|| "keyward".into());
-        if audience.trim().is_empty() {
-            return Err(bad("audience", "must not be empty"));
-        }
-        let token_algorithm = match args.token_algorithm {
-            Some(a) => a,
-            None => file_value(
-                "token-algorithm",
-                file.token_algorithm.as_deref(),
-                enum_value::<TokenAlgorithm>,
-            )?
-            .unwrap_or(TokenAlgorithm::EdDSA),
-        };
-        let introspection_token = args
-            .introspection_token
-            .clone()
-            .or(file.introspection_token.map(SecretString::from));
-        if introspection_token
-            .as_ref()
-            .is_some_and(|t| t.expose_secret().len() < 16)
-        {
-            return Err(bad("introspection-token", "must be at least 16 characters"));
-        }
-        let trusted_proxies = match &args.trusted_proxies {
-            Some(v) => v.clone(),
-            None => file
-                .trusted_proxies
-                .map(|l| {
-                    l.items()
-                        .iter()
-                        .map(|s| parse_net(s))
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .transpose()
-                .map_err(|m| bad("trusted-proxies", format!("{m} (in the config file)")))?
-                .unwrap_or_default(),
-        };
-        let log_format = match args.log_format {
-            Some(f) => f,
-            None => file_value(
-                "log-format",
-                file.log_format.as_deref(),
-                enum_value::<LogFormat>,
-            )?
-            .unwrap_or(LogFormat::Text),
-        };
-        let per_account = args
-            .login_max_failures_per_account
-            .or(file.login_max_failures_per_account)
-            .unwrap_or(10);
-        let per_address = args
-            .login_max_failures_per_address
-            .or(file.login_max_failures_per_address)
-            .unwrap_or(100);
-        if per_account == 0 {
-            return Err(bad("login-max-failures-per-account", "must be at least 1"));
-        }
-        if per_address == 0 {
-            return Err(bad("login-max-failures-per-address", "must be at least 1"));
-        }
-        let key_rotation_interval = dur(
-            "key-rotation-interval",
-            args.key_rotation_interval,
-            file.key_rotation_interval.as_deref(),
-            Duration::from_secs(30 * 24 * 60 * MIN),
-        )?;
-        if key_rotation_interval <= access_token_ttl {
-            return Err(bad(
-                "key-rotation-interval",
-                "must be longer than --access-token-ttl (a key signs for at least one token lifetime)",
-            ));
-        }
-        if key_rotation_interval > Duration::from_secs(3650 * DAY) {
-            return Err(bad("key-rotation-interval", "must be at most 3650d"));
-        }
-        let registration_max_per_address = args
-            .registration_max_per_address
-            .or(file.registration_max_per_address)
-            .unwrap_or(20);
-        if registration_max_per_address == 0 {
-            return Err(bad("registration-max-per-address", "must be at least 1"));
-        }
-        let token_max_failures_per_address = args
-            .token_max_failures_per_address
-            .or(file.token_max_failures_per_address)
-            .unwrap_or(100);
-        if token_max_failures_per_address == 0 {
-            return Err(bad("token-max-failures-per-address", "must be at least 1"));
-        }
-        let hash_concurrency = args.hash_concurrency.or(file.hash_concurrency);
-        if hash_concurrency == Some(0) {
-            return Err(bad("hash-concurrency", "must be at least 1"));
-        }
-        let store_timeout = match args.store_timeout {
-            Some(d) => d,
-            None => file_value(
-                "store-timeout",
-                file.store_timeout.as_deref(),
-                parse_duration,
-            )?
-            .unwrap_or(Duration::from_secs(2)),
-        };
-        if store_timeout > Duration::from_secs(60) {
-            return Err(bad("store-timeout", "must be at most 60s"));
-        }
-        let outage_grace = match args.outage_grace {
-            Some(d) => d,
-            None => file_value(
-                "outage-grace",
-                file.outage_grace.as_deref(),
-                parse_duration_or_zero,
-            )?
-            .unwrap_or(Duration::from_secs(300)),
-        };
-        if outage_grace > Duration::from_secs(86_400) {
-            return Err(bad("outage-grace", "must be at most 1d"));
-        }
-        let redis_wait_replicas = match args.redis_wait_replicas {
-            Some(w) => w,
-            None => file_value(
-                "redis-wait-replicas",
-                file.redis_wait_replicas.as_deref(),
-                parse_wait_replicas,
-            )?
-            .unwrap_or(WaitReplicas::Auto),
-        };
-        Ok(Self {
-            store_timeout,
-            outage_grace,
-            redis_wait_replicas,
-            bind,
+            .map(|mode| CacheOptions {
+                mode,
+                idle_timeout: dur(idle_timeout),
+                timeout: store_timeout,
+                outage_grace,
+            }),
             database,
             session_store,
-            session_cache,
-            session_cache_capacity,
-            public_url,
-            public_url_derived,
-            allowed_origins,
-            idle_timeout,
-            absolute_timeout,
-            access_token_ttl,
-            refresh_token_ttl,
-            refresh_reuse_grace,
-            issuer,
-            issuer_derived,
-            audience,
-            open_registration: args
-                .open_registration
-                .or(file.open_registration)
-                .unwrap_or(true),
-            token_algorithm,
-            introspection_token,
             key_encryption_key,
-            key_rotation_interval,
-            password_grant: args.password_grant.or(file.password_grant).unwrap_or(true),
-            registration_max_per_address,
-            token_max_failures_per_address,
-            trusted_proxies,
-            log_format,
-            login_max_failures_per_account: per_account,
-            login_max_failures_per_address: per_address,
-            login_failure_window,
-            hash_concurrency,
+        };
+
+        let public_url_derived = l.public_url.is_none();
+        let http = HttpConfig {
+            public_url: match l.public_url {
+                Some(url) => url,
+                None => default_public_url(bind, bind_given)?,
+            },
+            allowed_origins: l.allowed_origins.unwrap_or_default(),
+            trusted_proxies: l.trusted_proxies.unwrap_or_default(),
+        };
+
+        let auth = AuthConfig {
+            idle_timeout: dur(idle_timeout),
+            absolute_timeout: dur(absolute_timeout),
+            open_registration: l.open_registration.unwrap_or(true),
+            throttle: ThrottleConfig {
+                per_account: setting(
+                    "login-max-failures-per-account",
+                    l.login_max_failures_per_account,
+                    10,
+                    at_least_one,
+                )?,
+                per_address: setting(
+                    "login-max-failures-per-address",
+                    l.login_max_failures_per_address,
+                    100,
+                    at_least_one,
+                )?,
+                window: dur(setting(
+                    "login-failure-window",
+                    l.login_failure_window,
+                    Duration::from_secs(15 * MINUTE),
+                    at_most(Duration::from_secs(DAY), "1d"),
+                )?),
+                registrations_per_address: setting(
+                    "registration-max-per-address",
+                    l.registration_max_per_address,
+                    20,
+                    at_least_one,
+                )?,
+                token_failures_per_address: setting(
+                    "token-max-failures-per-address",
+                    l.token_max_failures_per_address,
+                    100,
+                    at_least_one,
+                )?,
+            },
+        };
+
+        let issuer_derived = l.issuer.is_none();
+        let tokens = TokenConfig {
+            issuer: setting("issuer", l.issuer, issuer_of(&http.public_url), not_empty)?,
+            audience: setting("audience", l.audience, "keyward".into(), not_empty)?,
+            access_ttl: dur(access_ttl),
+            refresh_ttl: dur(setting(
+                "refresh-token-ttl",
+                l.refresh_token_ttl,
+                Duration::from_secs(30 * DAY),
+                at_most(Duration::from_secs(3650 * DAY), "3650d"),
+            )?),
+            refresh_reuse_grace: dur(setting(
+                "refresh-reuse-grace",
+                l.refresh_reuse_grace,
+                Duration::ZERO,
+                |d| {
+                    (*d > Duration::from_secs(300)).then(|| {
+                        "must be at most 5m: it is for retries, not for sharing tokens".into()
+                    })
+                },
+            )?),
+            algorithm: l.token_algorithm.unwrap_or(SigningAlg::EdDSA),
+            password_grant: l.password_grant.unwrap_or(true),
+            key_rotation_interval: dur(setting(
+                "key-rotation-interval",
+                l.key_rotation_interval,
+                Duration::from_secs(30 * DAY),
+                |d| {
+                    if *d <= access_ttl {
+                        Some("must be longer than --access-token-ttl (a key signs for at least one token lifetime)".into())
+                    } else {
+                        at_most(Duration::from_secs(3650 * DAY), "3650d")(d)
+                    }
+                },
+            )?),
+            introspection_token: setting(
+                "introspection-token",
+                l.introspection_token.map(Some),
+                None,
+                |t| {
+                    t.as_ref()
+                        .filter(|t| t.expose_secret().len() < 16)
+                        .map(|_| "must be at least 16 characters".into())
+                },
+            )?,
+        };
+
+        Ok(Self {
+            bind,
+            stores,
+            http,
+            auth,
+            tokens,
+            hash_concurrency: setting(
+                "hash-concurrency",
+                l.hash_concurrency.map(Some),
+                None,
+                |n| (*n == Some(0)).then(|| "must be at least 1".into()),
+            )?,
+            log_format: setting("log-format", l.log_format, LogFormat::Text, any)?,
+            derived: Derived {
+                public_url: public_url_derived,
+                issuer: issuer_derived,
+            },
         })
     }
+
+    /// The address was bound (port 0 picks one): the settings derived from `--bind` follow
+    /// the bound address, which is the origin browsers will send.
+    pub(crate) fn bound_to(&mut self, addr: SocketAddr) -> Result<(), ConfigError> {
+        if self.derived.public_url {
+            self.http.public_url = default_public_url(addr, true)?;
+        }
+        if self.derived.issuer {
+            self.tokens.issuer = issuer_of(&self.http.public_url);
+        }
+        Ok(())
+    }
+}
+
+/// The database when none is set: `sqlite://keyward.db` in the working directory.
+fn default_database() -> Result<StoreUrl, ConfigError> {
+    "sqlite://keyward.db"
+        .parse()
+        .map_err(|e: keyward_core::StoreUrlError| bad("database", e.to_string()))
+}
+
+/// The issuer when none is set: the public URL without its trailing slash.
+fn issuer_of(public_url: &Url) -> String {
+    public_url.as_str().trim_end_matches('/').to_owned()
 }
 
 /// The public URL when none is set: `http://127.0.0.1:8080` by default, else `http://<bind>`
@@ -861,31 +688,136 @@ pub fn default_public_url(bind: SocketAddr, bind_given: bool) -> Result<Url, Con
     })
 }
 
-fn read_file(path: &Path) -> Result<FileSettings, ConfigError> {
+/// Read the TOML file into a layer of settings. Each key is the snake_case name of a setting,
+/// and its value is parsed by that setting's own parser, exactly as the flag's would be:
+/// strings as written, numbers and booleans as their text, lists as comma-separated items.
+/// Keys for which `overridden` is true are checked to be settings, and not read further.
+fn read_file(path: &Path, overridden: impl Fn(&str) -> bool) -> Result<SettingsLayer, ConfigError> {
+    let in_file = |setting: String, message: String| ConfigError {
+        setting,
+        message: format!("{message} (in {})", path.display()),
+        source: None,
+    };
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         setting: "--config".into(),
         message: format!("cannot read {}: {e}", path.display()),
         source: Some(Box::new(e)),
     })?;
-    toml::from_str(&text).map_err(|e| {
-        let msg = e.message().to_owned();
-        // Name the offending key first when serde tells us which it is.
-        let key = msg
-            .split('`')
-            .nth(1)
-            .filter(|_| msg.starts_with("unknown field"))
-            .map(|k| format!("{k} (in {})", path.display()));
-        ConfigError {
-            setting: key.unwrap_or_else(|| format!("--config {}", path.display())),
-            message: msg.lines().next().unwrap_or("invalid TOML").to_owned(),
-            source: None,
+    let table: toml::Table = toml::from_str(&text).map_err(|e| {
+        in_file(
+            format!("--config {}", path.display()),
+            e.message()
+                .lines()
+                .next()
+                .unwrap_or("invalid TOML")
+                .to_owned(),
+        )
+    })?;
+    let command = SettingsLayer::augment_args(clap::Command::new("keyward.toml"))
+        .no_binary_name(true)
+        // The file is beneath the environment, which the command line already read.
+        .mut_args(|arg| arg.env(None));
+    let mut argv = Vec::with_capacity(table.len());
+    for (key, value) in &table {
+        let Some(flag) = command
+            .get_arguments()
+            .find(|arg| arg.get_id() == key.as_str())
+            .and_then(|arg| arg.get_long())
+        else {
+            return Err(in_file(key.clone(), "no such setting".into()));
+        };
+        if overridden(key) {
+            continue;
         }
-    })
+        let text = match value {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(n) => n.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|item| item.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| in_file(format!("--{flag}"), "list items must be strings".into()))?
+                .join(","),
+            _ => {
+                return Err(in_file(
+                    format!("--{flag}"),
+                    "must be a string, a number, true/false or a list".into(),
+                ))
+            }
+        };
+        argv.push(format!("--{flag}={text}"));
+    }
+    let matches = command.try_get_matches_from(argv).map_err(|e| {
+        let e = clap_error(e);
+        in_file(e.setting, e.message)
+    })?;
+    SettingsLayer::from_arg_matches(&matches).map_err(clap_error)
+}
+
+/// A clap error about a value as an invalid setting: the flag it names, and what its parser
+/// said (which never repeats a password: a store URL's parser redacts it).
+impl From<clap::Error> for ConfigError {
+    fn from(e: clap::Error) -> Self {
+        clap_error(e)
+    }
+}
+
+fn clap_error(e: clap::Error) -> ConfigError {
+    use clap::error::{ContextKind, ContextValue};
+    let text = |kind| match e.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        Some(ContextValue::Strings(v)) => Some(v.join(", ")),
+        _ => None,
+    };
+    let setting = text(ContextKind::InvalidArg)
+        .map(|arg| arg.split([' ', '=']).next().unwrap_or_default().to_owned())
+        .unwrap_or_else(|| "--config".to_owned());
+    let message = match (
+        std::error::Error::source(&e),
+        text(ContextKind::InvalidValue),
+        text(ContextKind::ValidValue),
+    ) {
+        (Some(cause), _, _) => cause.to_string(),
+        (None, Some(value), Some(valid)) => format!("'{value}' is not one of {valid}"),
+        _ => e
+            .render()
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or("invalid")
+            .trim_start_matches("error: ")
+            .to_owned(),
+    };
+    ConfigError {
+        setting,
+        message,
+        source: None,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
+
+    /// A command with the settings, as the binary has.
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        settings: SettingsArgs,
+    }
+
+    fn from_argv(argv: &[&str]) -> Result<Settings, ConfigError> {
+        let matches = Cli::command()
+            .try_get_matches_from(std::iter::once("keyward").chain(argv.iter().copied()))
+            .map_err(clap_error)?;
+        Settings::from_matches(&matches)
+    }
+
+    fn with(layer: SettingsLayer) -> Result<Settings, ConfigError> {
+        Settings::resolve(layer)
+    }
 
     #[test]
     fn durations() {
@@ -901,64 +833,91 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let s = Settings::resolve(&SettingsArgs::default()).unwrap();
+        let s = with(SettingsLayer::default()).unwrap();
         assert_eq!(s.bind.to_string(), "127.0.0.1:8080");
-        assert_eq!(s.database, "sqlite://keyward.db");
-        assert_eq!(s.session_store, s.database);
-        assert_eq!(s.public_url.as_str(), "http://127.0.0.1:8080/");
-        assert_eq!(s.idle_timeout, Duration::from_secs(1800));
-        assert_eq!(s.absolute_timeout, Duration::from_secs(7 * 86400));
-        assert!(s.open_registration);
-        assert_eq!(s.token_algorithm, TokenAlgorithm::EdDSA);
+        assert_eq!(s.stores.database.expose(), "sqlite://keyward.db");
+        assert_eq!(s.stores.session_store, s.stores.database);
+        assert_eq!(s.http.public_url.as_str(), "http://127.0.0.1:8080/");
+        assert_eq!(s.tokens.issuer, "http://127.0.0.1:8080");
+        assert_eq!(s.auth.idle_timeout, time::Duration::minutes(30));
+        assert_eq!(s.auth.absolute_timeout, time::Duration::days(7));
+        assert!(s.auth.open_registration);
+        assert_eq!(s.auth.throttle.per_account, 10);
+        assert_eq!(s.tokens.algorithm, SigningAlg::EdDSA);
+        assert_eq!(s.tokens.key_rotation_interval, time::Duration::days(30));
+        assert!(s.stores.cache.is_none());
+        assert_eq!(s.stores.redis.timeout, Duration::from_secs(2));
+        assert_eq!(s.stores.redis.wait_replicas, WaitReplicas::Auto);
     }
 
     #[test]
     fn flag_over_file_over_default() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.toml");
-        std::fs::write(&path, "idle_timeout = \"5m\"\nabsolute_timeout = \"1d\"\nallowed_origins = [\"https://a.example\"]\n").unwrap();
-        let args = SettingsArgs {
-            config: Some(path),
-            idle_timeout: Some(Duration::from_secs(60)),
-            ..Default::default()
-        };
-        let s = Settings::resolve(&args).unwrap();
-        assert_eq!(s.idle_timeout, Duration::from_secs(60));
-        assert_eq!(s.absolute_timeout, Duration::from_secs(86400));
-        assert_eq!(s.allowed_origins.len(), 1);
+        std::fs::write(
+            &path,
+            "idle_timeout = \"5m\"\nabsolute_timeout = \"1d\"\nallowed_origins = [\"https://a.example\", \"https://b.example\"]\nlogin_max_failures_per_account = 3\nopen_registration = false\ntoken_algorithm = \"ES256\"\n",
+        )
+        .unwrap();
+        let path = path.to_str().unwrap();
+        let s = from_argv(&["--config", path, "--idle-timeout", "1m"]).unwrap();
+        assert_eq!(s.auth.idle_timeout, time::Duration::minutes(1));
+        assert_eq!(s.auth.absolute_timeout, time::Duration::days(1));
+        assert_eq!(s.http.allowed_origins.len(), 2);
+        assert_eq!(s.auth.throttle.per_account, 3);
+        assert!(!s.auth.open_registration);
+        assert_eq!(s.tokens.algorithm, SigningAlg::ES256);
+        // A flag given after the sub-command's place, and a list flag, override the file too.
+        let s = from_argv(&["--allowed-origins", "https://c.example", "--config", path]).unwrap();
+        assert_eq!(s.http.allowed_origins.len(), 1);
+        assert_eq!(s.auth.idle_timeout, time::Duration::minutes(5));
+        // A bad value in the file does not matter when the command line overrides it; a key
+        // that is no setting still does.
+        std::fs::write(dir.path().join("k.toml"), "idle_timeout = \"bogus\"\n").unwrap();
+        assert!(from_argv(&["--config", path]).is_err());
+        let s = from_argv(&["--config", path, "--idle-timeout", "2m"]).unwrap();
+        assert_eq!(s.auth.idle_timeout, time::Duration::minutes(2));
+        std::fs::write(dir.path().join("k.toml"), "idle_timeot = \"5m\"\n").unwrap();
+        assert!(from_argv(&["--config", path, "--idle-timeout", "2m"]).is_err());
     }
 
     #[test]
     fn file_errors_name_the_setting() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.toml");
-        std::fs::write(&path, "idle_timeout = \"soon\"\n").unwrap();
-        let e = Settings::resolve(&SettingsArgs {
-            config: Some(path.clone()),
-            ..Default::default()
-        })
-        .unwrap_err();
-        assert!(
-            e.to_string().starts_with("invalid setting --idle-timeout"),
-            "{e}"
-        );
-        std::fs::write(&path, "idle_timeot = \"5m\"\n").unwrap();
-        let e = Settings::resolve(&SettingsArgs {
-            config: Some(path),
-            ..Default::default()
-        })
-        .unwrap_err();
-        assert!(
-            e.to_string().starts_with("invalid setting idle_timeot"),
-            "{e}"
-        );
+        let text = path.to_str().unwrap();
+        for (file, setting) in [
+            ("idle_timeout = \"soon\"\n", "--idle-timeout"),
+            ("idle_timeot = \"5m\"\n", "idle_timeot"),
+            ("config = \"other.toml\"\n", "config"),
+            ("session_cache = \"everywhere\"\n", "--session-cache"),
+            (
+                "login_max_failures_per_account = -1\n",
+                "--login-max-failures-per-account",
+            ),
+            ("trusted_proxies = [1, 2]\n", "--trusted-proxies"),
+            ("bind = { port = 1 }\n", "--bind"),
+            ("idle_timeout = \"0s\"\n", "--idle-timeout"),
+            ("session_store = \"mysql://db\"\n", "--session-store"),
+        ] {
+            std::fs::write(&path, file).unwrap();
+            let e = from_argv(&["--config", text]).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("invalid setting {setting}")),
+                "{file}: {e}"
+            );
+            assert!(e.contains(text), "{file}: {e}");
+        }
+        std::fs::write(&path, "idle_timeout = [").unwrap();
+        let e = from_argv(&["--config", text]).unwrap_err().to_string();
+        assert!(e.starts_with("invalid setting --config"), "{e}");
     }
 
     #[test]
     fn redis_session_stores() {
-        let with = |store: &str| {
-            Settings::resolve(&SettingsArgs {
-                session_store: Some(store.into()),
+        let store = |url: &str| {
+            with(SettingsLayer {
+                session_store: Some(url.parse().unwrap()),
                 ..Default::default()
             })
         };
@@ -968,30 +927,39 @@ mod tests {
             "redis+sentinel://10.0.0.1:26379,10.0.0.2/mymaster",
             "redis+cluster://10.0.0.1:7000,10.0.0.2:7000",
         ] {
-            assert!(with(ok).is_ok(), "{ok}");
+            assert!(store(ok).is_ok(), "{ok}");
         }
-        let e = with("redis+sentinel://u:hunter2@10.0.0.1:26379,10.0.0.2").unwrap_err();
-        let text = e.to_string();
+        let text = store("redis+sentinel://u:hunter2@10.0.0.1:26379,10.0.0.2")
+            .unwrap_err()
+            .to_string();
         assert!(
             text.starts_with("invalid setting --session-store"),
             "{text}"
         );
         assert!(text.contains("service name"), "{text}");
         assert!(!text.contains("hunter2"), "{text}");
-        let e = Settings::resolve(&SettingsArgs {
-            database: Some("redis://127.0.0.1".into()),
-            ..Default::default()
-        })
-        .unwrap_err();
+        for database in ["redis://127.0.0.1", "memory"] {
+            let e = with(SettingsLayer {
+                database: Some(database.parse().unwrap()),
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert!(
+                e.to_string().starts_with("invalid setting --database"),
+                "{e}"
+            );
+        }
+        let e = from_argv(&["--database", "mysql://root:pw@db/x"]).unwrap_err();
         assert!(
             e.to_string().starts_with("invalid setting --database"),
             "{e}"
         );
+        assert!(!e.to_string().contains(":pw@"), "{e}");
     }
 
     #[test]
-    fn session_caches_need_a_redis_or_postgres_store() {
-        let e = Settings::resolve(&SettingsArgs {
+    fn session_caches_need_a_store_with_a_change_feed() {
+        let e = with(SettingsLayer {
             session_cache: Some(SessionCache::Near),
             ..Default::default()
         })
@@ -1000,60 +968,89 @@ mod tests {
             e.to_string().starts_with("invalid setting --session-cache"),
             "{e}"
         );
-        let s = Settings::resolve(&SettingsArgs {
-            session_store: Some("redis://127.0.0.1:6379".into()),
+        let s = with(SettingsLayer {
+            session_store: Some("redis://127.0.0.1:6379".parse().unwrap()),
             session_cache: Some(SessionCache::Replicated),
             ..Default::default()
         })
         .unwrap();
-        assert_eq!(s.session_cache, SessionCache::Replicated);
-        assert_eq!(s.session_cache_capacity, 100_000);
-        assert_eq!(s.outage_grace, Duration::from_secs(300));
-        let s = Settings::resolve(&SettingsArgs {
-            database: Some("postgres://kw@db.example/kw".into()),
+        let cache = s.stores.cache.unwrap();
+        assert_eq!(cache.mode, CacheMode::Replicated);
+        assert_eq!(cache.outage_grace, Duration::from_secs(300));
+        let s = with(SettingsLayer {
+            database: Some("postgres://kw@db.example/kw".parse().unwrap()),
             key_encryption_key: Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into()),
             session_cache: Some(SessionCache::Near),
             outage_grace: Some(Duration::ZERO),
             ..Default::default()
         })
         .unwrap();
-        assert_eq!(s.session_cache, SessionCache::Near);
-        assert_eq!(s.outage_grace, Duration::ZERO);
+        let cache = s.stores.cache.unwrap();
+        assert_eq!(cache.mode, CacheMode::Near(100_000));
+        assert_eq!(cache.outage_grace, Duration::ZERO);
     }
 
     #[test]
-    fn store_timeout_and_replica_waits() {
-        let s = Settings::resolve(&SettingsArgs::default()).unwrap();
-        assert_eq!(s.store_timeout, Duration::from_secs(2));
-        assert_eq!(s.redis_wait_replicas, WaitReplicas::Auto);
+    fn bounds_name_their_setting() {
+        for (argv, setting) in [
+            (&["--store-timeout", "10m"][..], "--store-timeout"),
+            (&["--idle-timeout", "400d"], "--idle-timeout"),
+            (&["--access-token-ttl", "2d"], "--access-token-ttl"),
+            (&["--refresh-reuse-grace", "10m"], "--refresh-reuse-grace"),
+            (
+                &["--key-rotation-interval", "10m"],
+                "--key-rotation-interval",
+            ),
+            (
+                &["--login-max-failures-per-address", "0"],
+                "--login-max-failures-per-address",
+            ),
+            (
+                &["--session-cache-capacity", "0"],
+                "--session-cache-capacity",
+            ),
+            (&["--hash-concurrency", "0"], "--hash-concurrency"),
+            (&["--introspection-token", "short"], "--introspection-token"),
+            (&["--key-encryption-key", "short"], "--key-encryption-key"),
+            (&["--audience", " "], "--audience"),
+        ] {
+            let e = from_argv(argv).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("invalid setting {setting}")),
+                "{argv:?}: {e}"
+            );
+        }
         assert_eq!(parse_wait_replicas("0"), Ok(WaitReplicas::Count(0)));
         assert_eq!(parse_wait_replicas("2"), Ok(WaitReplicas::Count(2)));
         assert!(parse_wait_replicas("many").is_err());
-        let e = Settings::resolve(&SettingsArgs {
-            store_timeout: Some(Duration::from_secs(600)),
-            ..Default::default()
-        })
-        .unwrap_err();
-        assert!(
-            e.to_string().starts_with("invalid setting --store-timeout"),
-            "{e}"
-        );
+    }
+
+    #[test]
+    fn a_bound_port_becomes_the_public_url_and_issuer() {
+        let mut s = from_argv(&["--bind", "127.0.0.1:0"]).unwrap();
+        s.bound_to("127.0.0.1:4711".parse().unwrap()).unwrap();
+        assert_eq!(s.http.public_url.as_str(), "http://127.0.0.1:4711/");
+        assert_eq!(s.tokens.issuer, "http://127.0.0.1:4711");
+        let mut s =
+            from_argv(&["--bind", "127.0.0.1:0", "--issuer", "https://id.example"]).unwrap();
+        s.bound_to("127.0.0.1:4711".parse().unwrap()).unwrap();
+        assert_eq!(s.tokens.issuer, "https://id.example");
     }
 
     #[test]
     fn debug_never_prints_a_secret() {
-        let args = SettingsArgs {
-            database: Some("postgres://kw:db-pass-4711@db.example/kw".into()),
-            session_store: Some("redis://:cache-pass-0815@cache.example".into()),
+        let layer = SettingsLayer {
+            database: Some("postgres://kw:db-pass-4711@db.example/kw".parse().unwrap()),
+            session_store: Some("redis://:cache-pass-0815@cache.example".parse().unwrap()),
             introspection_token: Some("introspection-secret-42".into()),
             key_encryption_key: Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into()),
             ..Default::default()
         };
-        let settings = Settings::resolve(&args).unwrap();
+        let settings = with(layer.clone()).unwrap();
         for shown in [
-            format!("{args:?}"),
+            format!("{layer:?}"),
             format!("{settings:?}"),
-            settings.database.to_string(),
+            settings.stores.database.to_string(),
         ] {
             for secret in [
                 "db-pass-4711",
@@ -1065,20 +1062,8 @@ mod tests {
             }
         }
         assert_eq!(
-            &*settings.database,
+            settings.stores.database.expose(),
             "postgres://kw:db-pass-4711@db.example/kw"
         );
-        let tokens = crate::application::token_config(&settings);
-        assert!(!format!("{tokens:?}").contains("introspection-secret-42"));
-    }
-
-    #[test]
-    fn urls_are_redacted_for_messages() {
-        assert_eq!(
-            redacted("redis+sentinel://app:s3cret@h1:26379,h2/m"),
-            "redis+sentinel://app:***@h1:26379,h2/m"
-        );
-        assert_eq!(redacted("postgres://u:pw@db/x"), "postgres://u:***@db/x");
-        assert_eq!(redacted("sqlite://keyward.db"), "sqlite://keyward.db");
     }
 }

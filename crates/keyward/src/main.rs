@@ -4,7 +4,8 @@
 mod admin;
 mod serve;
 
-use clap::{Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use keyward::config::{ConfigError, Settings, SettingsArgs};
 use keyward::{stores, StartError};
 use std::process::ExitCode;
@@ -67,6 +68,7 @@ impl From<stores::OpenFailure> for Failure {
         match e {
             stores::OpenFailure::Config(c) => Self::Config(c),
             stores::OpenFailure::Unreachable(u) => Self::Unreachable(u.into()),
+            other => Self::Other(other.into()),
         }
     }
 }
@@ -95,11 +97,26 @@ impl From<anyhow::Error> for Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let matches = match Cli::command().try_get_matches() {
+        Ok(matches) => matches,
+        // A value a setting's parser refused: said as every invalid setting is, in the
+        // parser's words (a store URL's password redacted), not clap's (the raw value).
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::ValueValidation | ErrorKind::InvalidValue
+            ) =>
+        {
+            eprintln!("error: {}", ConfigError::from(e));
+            return ExitCode::from(2);
+        }
+        Err(e) => e.exit(),
+    };
+    let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    let result = Settings::resolve(&cli.settings)
+    let result = Settings::from_matches(&matches)
         .map_err(Failure::from)
         .and_then(|settings| {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -151,8 +168,8 @@ async fn run(command: Command, settings: Settings, json: bool) -> Result<(), Fai
     match command {
         Command::Serve => serve::serve(settings).await?,
         Command::Migrate => {
-            stores::open(&settings).await?;
-            println!("database {} is up to date", settings.database);
+            stores::open(&settings.stores).await?;
+            println!("database {} is up to date", settings.stores.database);
         }
         Command::Users(cmd) => admin::users(cmd, &settings, json).await?,
         Command::Sessions(cmd) => admin::sessions(cmd, &settings, json).await?,
@@ -199,9 +216,9 @@ mod tests {
             "-introspection-secret",
         ])
         .unwrap();
-        let key = cli.settings.key_encryption_key.unwrap();
+        let key = cli.settings.layer.key_encryption_key.unwrap();
         assert_eq!(key.expose_secret(), kek);
-        let token = cli.settings.introspection_token.unwrap();
+        let token = cli.settings.layer.introspection_token.unwrap();
         assert_eq!(token.expose_secret(), "-introspection-secret");
     }
 }

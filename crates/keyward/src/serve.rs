@@ -1,7 +1,7 @@
 //! `keyward serve`.
 
 use crate::Failure;
-use keyward::config::{redacted, LogFormat, Settings};
+use keyward::config::{LogFormat, Settings};
 use keyward::Application;
 use keyward_core::SystemClock;
 use std::sync::Arc;
@@ -28,7 +28,7 @@ pub async fn serve(settings: Settings) -> Result<(), Failure> {
     keyward_http::metrics::install();
     let app = Application::build(settings, Arc::new(SystemClock)).await?;
     let s = app.settings();
-    tracing::info!(addr = %app.addr(), public_url = %s.public_url, issuer = %s.issuer, database = %redacted(&s.database), session_store = %redacted(&s.session_store), "keyward listening");
+    tracing::info!(addr = %app.addr(), public_url = %s.http.public_url, issuer = %s.tokens.issuer, database = %s.stores.database, session_store = %s.stores.session_store, "keyward listening");
     app.run_until(shutdown())
         .await
         .map_err(|e| Failure::Other(anyhow::Error::new(e).context("serving")))?;

@@ -1,15 +1,15 @@
 //! Opening the stores the settings name.
 
-use crate::config::SessionCache;
-use crate::config::{ConfigError, Settings};
+use crate::config::{ConfigError, StoreSettings};
 use keyward_core::feed::ChangeFeed;
 use keyward_core::{
     DynFailureLog, DynKeyStore, DynSessionStore, DynTokenStore, DynUserStore, MemorySessionStore,
 };
+use keyward_core::{Engine, StoreUrl};
 use keyward_redis::feed::RedisFeed;
-use keyward_redis::{RedisOptions, RedisStore};
-use keyward_replica::{CacheMode, CacheOptions, CachedSessions};
-use keyward_sql::{SqlOptions, SqlStore};
+use keyward_redis::RedisStore;
+use keyward_replica::CachedSessions;
+use keyward_sql::SqlStore;
 use keyward_token::Kek;
 use std::io::Write;
 use std::sync::Arc;
@@ -52,6 +52,7 @@ pub struct Unreachable {
 
 /// Why opening the stores failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OpenFailure {
     /// A setting cannot be used.
     #[error(transparent)]
@@ -63,14 +64,14 @@ pub enum OpenFailure {
 
 /// Sort an SQL store's opening error: an unusable URL or file is the setting's fault; a
 /// server that does not answer, or a schema that cannot be brought up to date, is not.
-fn sql_failure(setting: &'static str, url: &str, e: keyward_sql::OpenError) -> OpenFailure {
+fn sql_failure(setting: &'static str, url: &StoreUrl, e: keyward_sql::OpenError) -> OpenFailure {
     match e {
-        keyward_sql::OpenError::Url(_) | keyward_sql::OpenError::Create(_) => {
-            open_error(setting, e).into()
-        }
+        keyward_sql::OpenError::Url(_)
+        | keyward_sql::OpenError::Create(_)
+        | keyward_sql::OpenError::Engine(_) => open_error(setting, e).into(),
         cause => Unreachable {
             setting,
-            url: crate::config::redacted(url),
+            url: url.redacted(),
             cause,
         }
         .into(),
@@ -79,75 +80,60 @@ fn sql_failure(setting: &'static str, url: &str, e: keyward_sql::OpenError) -> O
 
 /// Open (and migrate) the users database and the session store, and the session cache in
 /// front of the store when one is asked for.
-pub async fn open(settings: &Settings) -> Result<Stores, OpenFailure> {
-    let sql = SqlOptions {
-        timeout: settings.store_timeout,
-        ..SqlOptions::default()
-    };
+pub async fn open(settings: &StoreSettings) -> Result<Stores, OpenFailure> {
+    let (database, session_store) = (&settings.database, &settings.session_store);
     let db = Arc::new(
-        SqlStore::open_with(&settings.database, sql)
+        SqlStore::open_with(database, settings.sql)
             .await
-            .map_err(|e| sql_failure("database", &settings.database, e))?,
+            .map_err(|e| sql_failure("database", database, e))?,
     );
     // Failed sign-ins are counted where the sessions are, when other processes share it
     // (PostgreSQL, a SQLite file, Redis): then N nodes allow what one allows.
     let shared = |s: &Arc<SqlStore>| s.is_shared().then(|| s.clone() as DynFailureLog);
+    let cached = settings.cache.is_some();
     // The store, and its change feed when it has one.
     let (sessions, tokens, failure_log, feed): (
         DynSessionStore,
         DynTokenStore,
         Option<DynFailureLog>,
         Option<Arc<dyn ChangeFeed>>,
-    ) = if settings.session_store == settings.database {
-        let feed = db.feed().map(|f| Arc::new(f) as Arc<dyn ChangeFeed>);
-        (db.clone(), db.clone(), shared(&db), feed)
-    } else if settings.session_store == "memory" {
-        let m = Arc::new(MemorySessionStore::new());
-        (m.clone(), m, None, None)
-    } else if keyward_redis::is_redis_url(&settings.session_store) {
-        let options = RedisOptions {
-            idle_timeout: time::Duration::try_from(settings.idle_timeout)
-                .map_err(|e| OpenFailure::Config(open_error("idle-timeout", e)))?,
-            timeout: settings.store_timeout,
-            wait_replicas: settings.redis_wait_replicas,
-            wait_timeout: (settings.store_timeout / 2).min(std::time::Duration::from_secs(1)),
-        };
-        let s = RedisStore::connect(&settings.session_store, options)
-            .await
-            .map_err(|e| OpenFailure::Config(open_error("session-store", e)))?;
-        let feed = match settings.session_cache {
-            SessionCache::None => None,
-            _ => Some(Arc::new(
-                RedisFeed::new(s.clone())
-                    .map_err(|e| OpenFailure::Config(open_error("session-cache", e)))?,
-            ) as Arc<dyn ChangeFeed>),
-        };
-        let s = Arc::new(s);
-        (s.clone(), s.clone(), Some(s), feed)
-    } else {
-        let s = Arc::new(
-            SqlStore::open_with(&settings.session_store, sql)
+    ) = match session_store.engine() {
+        _ if session_store == database => {
+            let feed = db.feed().map(|f| Arc::new(f) as Arc<dyn ChangeFeed>);
+            (db.clone(), db.clone(), shared(&db), feed)
+        }
+        Engine::Memory => {
+            let m = Arc::new(MemorySessionStore::new());
+            (m.clone(), m, None, None)
+        }
+        Engine::Redis { .. } => {
+            let s = RedisStore::connect(session_store, settings.redis.clone())
                 .await
-                .map_err(|e| sql_failure("session-store", &settings.session_store, e))?,
-        );
-        let feed = s.feed().map(|f| Arc::new(f) as Arc<dyn ChangeFeed>);
-        (s.clone(), s.clone(), shared(&s), feed)
-    };
-    let mode = match settings.session_cache {
-        SessionCache::None => None,
-        SessionCache::Near => Some(CacheMode::Near(settings.session_cache_capacity)),
-        SessionCache::Replicated => Some(CacheMode::Replicated),
+                .map_err(|e| OpenFailure::Config(open_error("session-store", e)))?;
+            let feed = if cached {
+                Some(Arc::new(
+                    RedisFeed::new(s.clone())
+                        .map_err(|e| OpenFailure::Config(open_error("session-cache", e)))?,
+                ) as Arc<dyn ChangeFeed>)
+            } else {
+                None
+            };
+            let s = Arc::new(s);
+            (s.clone(), s.clone(), Some(s), feed)
+        }
+        _ => {
+            let s = Arc::new(
+                SqlStore::open_with(session_store, settings.sql)
+                    .await
+                    .map_err(|e| sql_failure("session-store", session_store, e))?,
+            );
+            let feed = s.feed().map(|f| Arc::new(f) as Arc<dyn ChangeFeed>);
+            (s.clone(), s.clone(), shared(&s), feed)
+        }
     };
     // With a cache, the deny check of bearer requests answers from the same feed.
-    let (sessions, tokens): (DynSessionStore, DynTokenStore) = match (mode, feed) {
-        (Some(mode), Some(feed)) => {
-            let options = CacheOptions {
-                mode,
-                idle_timeout: time::Duration::try_from(settings.idle_timeout)
-                    .map_err(|e| OpenFailure::Config(open_error("idle-timeout", e)))?,
-                timeout: settings.store_timeout,
-                outage_grace: settings.outage_grace,
-            };
+    let (sessions, tokens): (DynSessionStore, DynTokenStore) = match (settings.cache, feed) {
+        (Some(options), Some(feed)) => {
             let cached = CachedSessions::start(sessions, tokens, feed, options)
                 .await
                 .map_err(|e| OpenFailure::Config(open_error("session-cache", e)))?;
@@ -167,7 +153,7 @@ pub async fn open(settings: &Settings) -> Result<Stores, OpenFailure> {
 /// The key-encryption key: the setting, or for SQLite a file beside the database
 /// (`<database>.kek`, created once with mode 0600), so that a copy of the database alone
 /// does not hold usable signing keys.
-pub fn key_encryption_key(settings: &Settings) -> Result<Kek, ConfigError> {
+pub fn key_encryption_key(settings: &StoreSettings) -> Result<Kek, ConfigError> {
     let bad = |m: String| ConfigError {
         setting: "--key-encryption-key".into(),
         message: m,

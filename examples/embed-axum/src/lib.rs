@@ -90,7 +90,7 @@ pub async fn open_keyward(
     database: &str,
     public_url: keyward_http::Url,
 ) -> anyhow::Result<Keyward> {
-    let db = Arc::new(keyward_sql::SqlStore::open(database).await?);
+    let db = Arc::new(keyward_sql::SqlStore::open(&database.parse()?).await?);
     let auth = AuthService::new(
         db.clone(),
         db.clone(),

@@ -11,7 +11,7 @@ use std::sync::Arc;
 async fn conformance_on_a_three_primary_cluster() {
     let cluster = RedisCluster::start().await;
     let store = Arc::new(
-        RedisStore::connect(&cluster.url(), RedisOptions::default())
+        RedisStore::connect(&cluster.url().parse().unwrap(), RedisOptions::default())
             .await
             .unwrap(),
     );
@@ -38,7 +38,7 @@ async fn conformance_on_a_three_primary_cluster() {
 async fn conformance_behind_sentinel_with_replica_acknowledgement() {
     let sentinel = RedisSentinel::start().await;
     let store = Arc::new(
-        RedisStore::connect(&sentinel.url(), RedisOptions::default())
+        RedisStore::connect(&sentinel.url().parse().unwrap(), RedisOptions::default())
             .await
             .unwrap(),
     );
