@@ -16,6 +16,7 @@ pub mod pg;
 pub mod ports;
 pub mod proxy;
 pub mod redis;
+pub mod traefik;
 
 use keyward_core::DynTokenStore;
 use keyward_core::{

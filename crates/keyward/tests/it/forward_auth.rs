@@ -1,11 +1,12 @@
-//! Forward auth as README and `examples/forward-auth/nginx.conf` describe it: a real nginx,
-//! running that file with its addresses replaced by free ports, puts keyward's `/v1/verify`
-//! (through `auth_request`) in front of a small upstream that only echoes who nginx says is
-//! calling.
+//! Forward auth as README and `examples/forward-auth/` describe it: a real nginx running
+//! `nginx.conf` (through `auth_request`) and a real Traefik running `traefik.yml` (through its
+//! ForwardAuth middleware), each with its addresses replaced by free ports, put keyward's
+//! `/v1/verify` in front of a small upstream that only echoes who the proxy says is calling.
 
 use axum::http::HeaderMap;
 use keyward_testkit::nginx::{self, Nginx};
 use keyward_testkit::ports::free_port;
+use keyward_testkit::traefik::Traefik;
 use keyward_testkit::{client, cookie_pair, get_with_cookie, spawn_app, TestApp};
 use serde_json::{json, Value};
 
@@ -33,24 +34,39 @@ async fn upstream() -> u16 {
     port
 }
 
-/// The example configuration with its three addresses pointed at this test's servers.
-fn example_config(keyward: u16, app: u16, listen: u16) -> String {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../examples/forward-auth/nginx.conf"
+/// An example configuration from `examples/forward-auth/` with its addresses pointed at this
+/// test's servers: each `(address, port, uses)` is an address the file uses `uses` times
+/// outside comments, replaced by `127.0.0.1:port`.
+fn example(file: &str, addresses: &[(&str, u16, usize)]) -> String {
+    let path = format!(
+        "{}/../../examples/forward-auth/{file}",
+        env!("CARGO_MANIFEST_DIR")
     );
-    let text = std::fs::read_to_string(path).unwrap();
+    let mut text = std::fs::read_to_string(&path).unwrap();
     let directives: Vec<&str> = text
         .lines()
         .filter(|l| !l.trim_start().starts_with('#'))
         .collect();
-    for addr in ["127.0.0.1:8080", "127.0.0.1:9000", "127.0.0.1:8000"] {
-        let uses = directives.iter().filter(|l| l.contains(addr)).count();
-        assert_eq!(uses, 1, "{addr} once in {path}");
+    for (addr, _, uses) in addresses {
+        let found = directives.iter().filter(|l| l.contains(addr)).count();
+        assert_eq!(found, *uses, "{addr} {uses} times in {path}");
     }
-    text.replace("127.0.0.1:8080", &format!("127.0.0.1:{keyward}"))
-        .replace("127.0.0.1:9000", &format!("127.0.0.1:{app}"))
-        .replace("127.0.0.1:8000", &format!("127.0.0.1:{listen}"))
+    for (addr, port, _) in addresses {
+        text = text.replace(addr, &format!("127.0.0.1:{port}"));
+    }
+    text
+}
+
+/// The nginx example: keyward, the application, and nginx's own listening address.
+fn example_config(keyward: u16, app: u16, listen: u16) -> String {
+    example(
+        "nginx.conf",
+        &[
+            ("127.0.0.1:8080", keyward, 1),
+            ("127.0.0.1:9000", app, 1),
+            ("127.0.0.1:8000", listen, 1),
+        ],
+    )
 }
 
 /// keyward and the upstream behind nginx running the example configuration.
@@ -63,27 +79,54 @@ async fn behind_nginx() -> (TestApp, Nginx) {
     (kw, proxy)
 }
 
-#[tokio::test]
-async fn nginx_auth_request_lets_signed_in_requests_through_with_the_user() {
-    let (_kw, proxy) = behind_nginx().await;
-    let base = proxy.base();
+/// keyward and the upstream behind Traefik running the example's dynamic configuration
+/// (keyward's address is in it twice: the ForwardAuth address and keyward's own service).
+async fn behind_traefik() -> (TestApp, Traefik) {
+    let kw = spawn_app().await;
+    let app = upstream().await;
+    let conf = example(
+        "traefik.yml",
+        &[
+            ("127.0.0.1:8080", kw.addr.port(), 2),
+            ("127.0.0.1:9000", app, 1),
+        ],
+    );
+    let proxy = Traefik::start(free_port(), &conf, "/healthz").await;
+    (kw, proxy)
+}
+
+/// What a proxy's example answers when keyward refuses a request.
+#[derive(Clone, Copy)]
+enum Refusal {
+    /// nginx.conf: to the sign-in page, which brings the browser back to `next`.
+    SignIn,
+    /// traefik.yml: keyward's own 401 (ForwardAuth passes the auth server's answer on).
+    Unauthorized,
+}
+
+impl Refusal {
+    fn check(self, res: &reqwest::Response, next: &str) {
+        match self {
+            Self::SignIn => {
+                assert_eq!(res.status(), 303);
+                assert_eq!(res.headers()["location"], format!("/?next={next}"));
+            }
+            Self::Unauthorized => {
+                assert_eq!(res.status(), 401);
+                assert!(res.headers().contains_key("www-authenticate"));
+            }
+        }
+    }
+}
+
+/// Through the proxy at `base`: anonymous requests are refused, a signed-in one reaches the
+/// upstream with the user (and nothing the client claimed), and a session ended on keyward
+/// is refused on the next request.
+async fn signed_in_requests_pass_with_the_user(base: &str, refusal: Refusal) {
     let c = client();
-
-    // Anonymous: to the sign-in page, which brings the browser back.
     let res = c.get(format!("{base}/app/notes?x=1")).send().await.unwrap();
-    assert_eq!(res.status(), 303);
-    assert_eq!(res.headers()["location"], "/?next=/app/notes?x=1");
-    // The sign-in page itself is keyward's, through the same origin.
-    let res = c
-        .get(format!("{base}/?next=/app/notes"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let page = res.text().await.unwrap();
-    assert!(page.contains(r#"name="next" value="/app/notes""#), "{page}");
+    refusal.check(&res, "/app/notes?x=1");
 
-    // Signed in through nginx: the upstream sees who, and nothing the client claimed.
     let res = c
         .post(format!("{base}/v1/users"))
         .json(&json!({"username": "ada", "password": PW}))
@@ -121,9 +164,8 @@ async fn nginx_auth_request_lets_signed_in_requests_through_with_the_user() {
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), 303);
+    refusal.check(&res, "/app/notes");
 
-    // A session ended on keyward is refused at the proxy on the next request.
     let res = c
         .delete(format!("{base}/v1/sessions/current"))
         .header("cookie", &cookie)
@@ -132,14 +174,11 @@ async fn nginx_auth_request_lets_signed_in_requests_through_with_the_user() {
         .unwrap();
     assert_eq!(res.status(), 204);
     let res = get_with_cookie(&format!("{base}/app/notes"), &cookie).await;
-    assert_eq!(res.status(), 303);
-    assert_eq!(res.headers()["location"], "/?next=/app/notes");
+    refusal.check(&res, "/app/notes");
 }
 
-#[tokio::test]
-async fn nginx_auth_request_accepts_a_bearer_token_and_refuses_a_bad_one() {
-    let (kw, proxy) = behind_nginx().await;
-    let base = proxy.base();
+/// Through the proxy at `base`: a bearer access token passes, a bad one is refused.
+async fn bearer_tokens_pass_and_bad_ones_do_not(kw: &TestApp, base: &str, refusal: Refusal) {
     let c = client();
     kw.register("grace", PW).await;
     let res = c
@@ -170,5 +209,39 @@ async fn nginx_auth_request_accepts_a_bearer_token_and_refuses_a_bad_one() {
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), 303);
+    refusal.check(&res, "/app/api/items");
+}
+
+#[tokio::test]
+async fn nginx_auth_request_lets_signed_in_requests_through_with_the_user() {
+    let (_kw, proxy) = behind_nginx().await;
+    let base = proxy.base();
+    // The sign-in page the refusals send to is keyward's, through the same origin.
+    let res = client()
+        .get(format!("{base}/?next=/app/notes"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let page = res.text().await.unwrap();
+    assert!(page.contains(r#"name="next" value="/app/notes""#), "{page}");
+    signed_in_requests_pass_with_the_user(&base, Refusal::SignIn).await;
+}
+
+#[tokio::test]
+async fn nginx_auth_request_accepts_a_bearer_token_and_refuses_a_bad_one() {
+    let (kw, proxy) = behind_nginx().await;
+    bearer_tokens_pass_and_bad_ones_do_not(&kw, &proxy.base(), Refusal::SignIn).await;
+}
+
+#[tokio::test]
+async fn traefik_forward_auth_lets_signed_in_requests_through_with_the_user() {
+    let (_kw, proxy) = behind_traefik().await;
+    signed_in_requests_pass_with_the_user(&proxy.base(), Refusal::Unauthorized).await;
+}
+
+#[tokio::test]
+async fn traefik_forward_auth_accepts_a_bearer_token_and_refuses_a_bad_one() {
+    let (kw, proxy) = behind_traefik().await;
+    bearer_tokens_pass_and_bad_ones_do_not(&kw, &proxy.base(), Refusal::Unauthorized).await;
 }
