@@ -20,15 +20,8 @@ if [[ -z ${EMBED_BIN:-} ]]; then
   EMBED_BIN=target/release/embed-axum
 fi
 command -v wrk >/dev/null || { echo "wrk is needed (apt-get install wrk)" >&2; exit 1; }
-WORK=$(mktemp -d)
-PID=""
-cleanup() {
-  [[ -n $PID ]] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
-  rm -rf "$WORK"
-  return 0
-}
-trap cleanup EXIT
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+source bench/lib.sh
+PORT=$(free_port)
 "$EMBED_BIN" --bind "127.0.0.1:$PORT" --database "sqlite://$WORK/notes.db" 2>"$WORK/log" &
 PID=$!
 BASE=http://127.0.0.1:$PORT

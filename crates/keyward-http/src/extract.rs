@@ -42,8 +42,8 @@ pub fn session_cookie(headers: &HeaderMap, name: &str) -> CookieToken {
 pub(crate) fn keyward_from(parts: &Parts) -> Result<Keyward, ApiError> {
     parts
         .extensions
-        .get::<Keyward>()
-        .cloned()
+        .get::<crate::layer::Judged>()
+        .map(|judged| judged.0.clone())
         .ok_or_else(|| ApiError::internal("the keyward layer is not installed"))
 }
 
@@ -241,17 +241,29 @@ pub(crate) fn body_kind(headers: &HeaderMap) -> Option<BodyKind> {
     }
 }
 
-/// Read a whole body within the configured limit.
+/// Read a whole body of at most [`BODY_LIMIT`](crate::routes::BODY_LIMIT) bytes: one that
+/// says or turns out to be longer is refused (413) without being read further.
 pub(crate) async fn read_body(req: Request) -> Result<axum::body::Bytes, ApiError> {
-    axum::body::Bytes::from_request(req, &())
+    use http_body_util::BodyExt;
+    let limit = crate::routes::BODY_LIMIT;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    match http_body_util::Limited::new(req.into_body(), limit)
+        .collect()
         .await
-        .map_err(|e| {
-            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge
-            } else {
-                ApiError::BadRequest("the request body could not be read".into())
-            }
-        })
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::PayloadTooLarge),
+        Err(_) => Err(ApiError::BadRequest(
+            "the request body could not be read".into(),
+        )),
+    }
 }
 
 /// Decode a JSON object, describing errors without echoing the values sent (they may be
@@ -349,6 +361,34 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    fn streamed(total: usize) -> Request {
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..total.div_ceil(4096))
+            .map(|i| Ok(vec![b'x'; 4096.min(total - i * 4096)]))
+            .collect();
+        Request::new(axum::body::Body::from_stream(futures_util::stream::iter(
+            chunks,
+        )))
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_within_the_limit_with_or_without_a_length() {
+        let limit = crate::routes::BODY_LIMIT;
+        let read = read_body(streamed(limit)).await.unwrap();
+        assert_eq!(read.len(), limit);
+        assert!(matches!(
+            read_body(streamed(limit + 1)).await,
+            Err(ApiError::PayloadTooLarge)
+        ));
+        let mut declared = Request::new(axum::body::Body::from("{}"));
+        declared
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(limit + 1));
+        assert!(matches!(
+            read_body(declared).await,
+            Err(ApiError::PayloadTooLarge)
+        ));
+    }
 
     #[test]
     fn finds_duplicated_cookies_across_headers() {

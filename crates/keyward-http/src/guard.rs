@@ -31,6 +31,9 @@ pub(crate) fn cross_site_refusal(
     path: &str,
     headers: &HeaderMap,
 ) -> Option<String> {
+    if !is_unsafe(method) {
+        return None;
+    }
     let cookie = !matches!(
         session_cookie(headers, kw.cookie_name()),
         CookieToken::Absent
@@ -38,8 +41,7 @@ pub(crate) fn cross_site_refusal(
     // Bearer requests carry no ambient credential, but a bearer header exempts only requests
     // without a session cookie (a cookie-only route must not skip the check because a header
     // was added); the token endpoints take no cookie; verify only reports who the caller is.
-    if !is_unsafe(method)
-        || (bearer_token(headers).is_some() && !cookie)
+    if (bearer_token(headers).is_some() && !cookie)
         || path == "/v1/verify"
         || path.starts_with("/v1/token")
     {
@@ -65,10 +67,22 @@ pub(crate) fn cross_site_refusal(
     None
 }
 
+/// The policy of pages and anything else a browser may render: only keyward's own
+/// stylesheet and images, forms posted back to keyward, never framed.
+const PAGE_POLICY: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+/// The policy of JSON responses, which are never rendered (OWASP's REST headers).
+const API_POLICY: &str = "default-src 'none'; frame-ancestors 'none'";
+
 /// Headers on every response: nothing is cached (responses carry sessions and user data), no
-/// sniffing, no framing, no referrer leaks.
+/// sniffing, no framing. JSON answers get OWASP's REST set; everything else (pages,
+/// redirects, an app's own responses) also a full policy and no referrer leaks.
 pub(crate) fn security_headers(res: &mut Response) {
+    let json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|ct| is_json(ct.as_bytes()));
     let h = res.headers_mut();
+    h.reserve(5);
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
     h.insert(
@@ -76,14 +90,65 @@ pub(crate) fn security_headers(res: &mut Response) {
         HeaderValue::from_static("nosniff"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("same-origin"),
-    );
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
-    );
+    if json {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(API_POLICY),
+        );
+    } else {
+        h.insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("same-origin"),
+        );
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(PAGE_POLICY),
+        );
+    }
+}
+
+/// `application/json`, `application/problem+json` and other `+json` types.
+fn is_json(content_type: &[u8]) -> bool {
+    let essence = content_type
+        .split(|b| *b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    let suffix = essence
+        .len()
+        .checked_sub(5)
+        .and_then(|at| essence.get(at..));
+    essence.eq_ignore_ascii_case(b"application/json")
+        || (essence.len() > 17
+            && essence
+                .get(..12)
+                .is_some_and(|p| p.eq_ignore_ascii_case(b"application/"))
+            && suffix.is_some_and(|s| s.eq_ignore_ascii_case(b"+json")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_json;
+
+    #[test]
+    fn json_types_are_told_from_the_others() {
+        for json in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/problem+json",
+            "application/jwk-set+json",
+        ] {
+            assert!(is_json(json.as_bytes()), "{json}");
+        }
+        for other in [
+            "text/html; charset=utf-8",
+            "text/json",
+            "application/+json",
+            "application/jsonx",
+            "",
+            "text/plain",
+        ] {
+            assert!(!is_json(other.as_bytes()), "{other}");
+        }
+    }
 }

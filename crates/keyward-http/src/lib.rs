@@ -34,7 +34,7 @@ use ipnet::IpNet;
 use keyward_core::AuthService;
 pub use keyward_core::Password;
 use keyward_token::TokenService;
-pub use layer::{KeywardLayer, KeywardService};
+pub use layer::{KeywardLayer, KeywardService, ResponseFuture};
 use std::net::IpAddr;
 use std::sync::Arc;
 pub use url::Url;

@@ -6,7 +6,7 @@ use crate::extract::{
     JsonBody, Principal, DEVICE_COOKIE_NAME,
 };
 use crate::{metrics as kw_metrics, pages, Keyward};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{AppendHeaders, IntoResponse, Redirect, Response};
 use axum::routing::{any, get, post, put};
@@ -32,20 +32,15 @@ pub(crate) fn api() -> Router<Keyward> {
         .route("/v1/sessions/{id}", axum::routing::delete(revoke_one))
         .route("/v1/me", get(me))
         .route("/v1/verify", any(verify))
-        .route(
-            "/healthz",
-            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
-        )
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
 }
 
-/// Routes made mountable: keyward's state, the body limit and the layer, no fallback.
+/// Routes made mountable: keyward's state and the layer, no fallback. (Bodies are read
+/// within [`BODY_LIMIT`] by keyward's own extractors.)
 pub(crate) fn mountable(kw: &Keyward, routes: Router<Keyward>) -> Router {
-    routes
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(kw.layer())
-        .with_state(kw.clone())
+    routes.layer(kw.layer()).with_state(kw.clone())
 }
 
 /// The whole server: every route, `/metrics` (the recorder the binary installed, if any),
@@ -452,6 +447,13 @@ async fn verify(p: Principal) -> Response {
         h.insert("x-keyward-username", name);
     }
     res
+}
+
+async fn healthz() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        r#"{"status":"ok"}"#,
+    )
 }
 
 async fn readyz(State(kw): State<Keyward>) -> Response {

@@ -634,6 +634,8 @@ async fn operations_routes() {
         "keyward_http_requests_total",
         "keyward_http_request_duration_seconds_bucket",
         "route=\"/v1/sessions\"",
+        "keyward_http_requests_total{route=\"/readyz\",method=\"GET\",status=\"200\"}",
+        "keyward_http_requests_total{route=\"/v1/sessions\",method=\"POST\",status=\"401\"} 1",
         "keyward_logins_total{result=\"ok\"}",
         "keyward_logins_total{result=\"failed\"}",
         "keyward_sessions_created_total",
@@ -746,4 +748,74 @@ async fn a_store_outage_answers_503_with_retry_after_and_recovers() {
             .status(),
         200
     );
+}
+
+#[tokio::test]
+async fn every_response_carries_the_security_headers_its_kind_needs() {
+    let app = spawn_app().await;
+    let c = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let get = |path: &str| c.get(app.url(path)).send();
+    // JSON (an answer, a problem, the JWKS): OWASP's REST set.
+    for res in [
+        get("/healthz").await.unwrap(),
+        get("/v1/me").await.unwrap(),
+        get("/nowhere").await.unwrap(),
+    ] {
+        let h = res.headers();
+        assert_eq!(h["cache-control"], "no-store", "{}", res.url());
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert_eq!(h["x-frame-options"], "DENY");
+        assert_eq!(
+            h["content-security-policy"],
+            "default-src 'none'; frame-ancestors 'none'"
+        );
+        assert!(h.get("referrer-policy").is_none(), "{}", res.url());
+    }
+    // A page, and a redirect a browser follows: the full policy, and no referrer leaks.
+    for res in [get("/").await.unwrap(), get("/account").await.unwrap()] {
+        let h = res.headers();
+        assert_eq!(h["cache-control"], "no-store", "{}", res.url());
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert_eq!(h["x-frame-options"], "DENY");
+        assert_eq!(h["referrer-policy"], "same-origin");
+        assert_eq!(
+            h["content-security-policy"],
+            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+        );
+    }
+    assert_eq!(get("/account").await.unwrap().status(), 303);
+    // A response that says how it may be cached keeps it (the key set, the stylesheet).
+    let res = get("/.well-known/jwks.json").await.unwrap();
+    assert_eq!(res.headers()["cache-control"], "public, max-age=60");
+    assert_eq!(
+        res.headers()["content-security-policy"],
+        "default-src 'none'; frame-ancestors 'none'"
+    );
+    let res = get("/assets/keyward.css").await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["cache-control"], "public, max-age=3600");
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_refused_unread() {
+    let app = spawn_app().await;
+    let big = format!(
+        r#"{{"username":"ada","password":"{}"}}"#,
+        "x".repeat(70 * 1024)
+    );
+    let res = app
+        .client
+        .post(app.url("/v1/users"))
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    // (A body without a length is refused once it passes the limit: extract.rs's tests.)
+    let res = app.register("ada", PW).await;
+    assert_eq!(res.status(), 201, "nothing was stored");
 }
