@@ -11,7 +11,10 @@ free_port() {
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/keyward-bench.XXXXXX")
 PID=""
 cleanup() {
-  [[ -n $PID ]] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
+  if [[ -n $PID ]]; then
+    kill "$PID" 2>/dev/null || true
+    wait "$PID" 2>/dev/null || true
+  fi
   rm -rf "$WORK"
   return 0
 }
