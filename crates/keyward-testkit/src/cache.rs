@@ -475,6 +475,20 @@ pub async fn outage_grace(e: &mut dyn CacheEngine) {
         .await
         .unwrap();
     until_node_says(&b, &held, true).await;
+    // The denial travels on its own (on Redis, perhaps another shard's channel than the
+    // session's): wait until b has heard it too, or the test would race the feed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !b
+        .is_denied("jti-denied", family.id, t0())
+        .await
+        .unwrap_or(false)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the denial never reached b"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     e.stop().await;
     for n in [&a, &b] {
         until("the node noticed the store is gone", 10, || !n.is_up()).await;
