@@ -13,6 +13,7 @@ pub mod password;
 pub mod secret;
 pub mod store;
 pub mod throttle;
+pub mod totp;
 pub mod url;
 
 pub use auth::{
