@@ -231,14 +231,39 @@ pub struct Input<T> {
 }
 
 pub(crate) fn body_kind(headers: &HeaderMap) -> Option<BodyKind> {
-    let ct = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
-    let essence = ct.split(';').next()?.trim().to_ascii_lowercase();
-    match essence.as_str() {
-        "application/json" => Some(BodyKind::Json),
-        e if e.starts_with("application/") && e.ends_with("+json") => Some(BodyKind::Json),
-        "application/x-www-form-urlencoded" => Some(BodyKind::Form),
-        _ => None,
+    let ct = headers.get(header::CONTENT_TYPE)?.as_bytes();
+    if is_json_type(ct) {
+        Some(BodyKind::Json)
+    } else if essence(ct).eq_ignore_ascii_case(b"application/x-www-form-urlencoded") {
+        Some(BodyKind::Form)
+    } else {
+        None
     }
+}
+
+/// A media type without its parameters (`text/html; charset=utf-8` → `text/html`).
+fn essence(content_type: &[u8]) -> &[u8] {
+    content_type
+        .split(|b| *b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii()
+}
+
+/// `application/json`, `application/problem+json` and other `application/…+json` types, in
+/// any case: how request bodies are told apart and which answers get the REST headers.
+pub(crate) fn is_json_type(content_type: &[u8]) -> bool {
+    let essence = essence(content_type);
+    let suffix = essence
+        .len()
+        .checked_sub(5)
+        .and_then(|at| essence.get(at..));
+    essence.eq_ignore_ascii_case(b"application/json")
+        || (essence.len() > 17
+            && essence
+                .get(..12)
+                .is_some_and(|p| p.eq_ignore_ascii_case(b"application/"))
+            && suffix.is_some_and(|s| s.eq_ignore_ascii_case(b"+json")))
 }
 
 /// Read a whole body of at most [`BODY_LIMIT`](crate::routes::BODY_LIMIT) bytes: one that
@@ -361,6 +386,28 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    #[test]
+    fn json_types_are_told_from_the_others() {
+        for json in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/problem+json",
+            "application/jwk-set+json",
+        ] {
+            assert!(is_json_type(json.as_bytes()), "{json}");
+        }
+        for other in [
+            "text/html; charset=utf-8",
+            "text/json",
+            "application/+json",
+            "application/jsonx",
+            "",
+            "text/plain",
+        ] {
+            assert!(!is_json_type(other.as_bytes()), "{other}");
+        }
+    }
 
     fn streamed(total: usize) -> Request {
         let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..total.div_ceil(4096))

@@ -80,7 +80,7 @@ pub(crate) fn security_headers(res: &mut Response) {
     let json = res
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|ct| is_json(ct.as_bytes()));
+        .is_some_and(|ct| crate::extract::is_json_type(ct.as_bytes()));
     let h = res.headers_mut();
     h.reserve(5);
     h.entry(header::CACHE_CONTROL)
@@ -104,51 +104,5 @@ pub(crate) fn security_headers(res: &mut Response) {
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(PAGE_POLICY),
         );
-    }
-}
-
-/// `application/json`, `application/problem+json` and other `+json` types.
-fn is_json(content_type: &[u8]) -> bool {
-    let essence = content_type
-        .split(|b| *b == b';')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii();
-    let suffix = essence
-        .len()
-        .checked_sub(5)
-        .and_then(|at| essence.get(at..));
-    essence.eq_ignore_ascii_case(b"application/json")
-        || (essence.len() > 17
-            && essence
-                .get(..12)
-                .is_some_and(|p| p.eq_ignore_ascii_case(b"application/"))
-            && suffix.is_some_and(|s| s.eq_ignore_ascii_case(b"+json")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_json;
-
-    #[test]
-    fn json_types_are_told_from_the_others() {
-        for json in [
-            "application/json",
-            "Application/JSON; charset=utf-8",
-            "application/problem+json",
-            "application/jwk-set+json",
-        ] {
-            assert!(is_json(json.as_bytes()), "{json}");
-        }
-        for other in [
-            "text/html; charset=utf-8",
-            "text/json",
-            "application/+json",
-            "application/jsonx",
-            "",
-            "text/plain",
-        ] {
-            assert!(!is_json(other.as_bytes()), "{other}");
-        }
     }
 }

@@ -14,7 +14,7 @@ use keyward_http::HttpConfig;
 use keyward_redis::RedisOptions;
 use keyward_replica::{CacheMode, CacheOptions};
 use keyward_sql::SqlOptions;
-use keyward_token::{SigningAlg, TokenConfig};
+use keyward_token::{Kek, SigningAlg, TokenConfig};
 use secrecy::{ExposeSecret, SecretString};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -357,7 +357,7 @@ pub struct StoreSettings {
     /// The cache in front of the session store, if any.
     pub cache: Option<CacheOptions>,
     /// The key that seals signing keys at rest, when given.
-    pub key_encryption_key: Option<SecretString>,
+    pub key_encryption_key: Option<Kek>,
 }
 
 /// The value of a setting: given, else the default; checked by `check` (a message saying
@@ -408,13 +408,15 @@ impl Settings {
     /// `--config` names, over the defaults; validated. `matches` are of a command that
     /// flattens [`SettingsArgs`].
     pub fn from_matches(matches: &ArgMatches) -> Result<Self, ConfigError> {
-        let args = SettingsArgs::from_arg_matches(matches).map_err(clap_error)?;
+        let args = SettingsArgs::from_arg_matches(matches).map_err(ConfigError::from)?;
         let layer = match &args.config {
             Some(path) => {
                 // A setting the command line gives is not read from the file at all: a bad
                 // value there does not stop a start that overrides it.
                 let mut layer = read_file(path, |id| matches.contains_id(id))?;
-                layer.update_from_arg_matches(matches).map_err(clap_error)?;
+                layer
+                    .update_from_arg_matches(matches)
+                    .map_err(ConfigError::from)?;
                 layer
             }
             None => args.layer,
@@ -475,16 +477,18 @@ impl Settings {
             Duration::from_secs(300),
             at_most(Duration::from_secs(DAY), "1d"),
         )?;
-        let key_encryption_key = setting(
-            "key-encryption-key",
-            l.key_encryption_key.map(Some),
-            None,
-            |k| {
-                k.as_ref()
-                    .filter(|k| keyward_token::Kek::parse(k.expose_secret()).is_none())
-                    .map(|_| "must be 32 bytes in base64url (43 characters)".into())
-            },
-        )?;
+        // Parsed here, once: a bad key stops start-up before any store is opened.
+        let key_encryption_key = l
+            .key_encryption_key
+            .map(|k| {
+                Kek::parse(k.expose_secret()).ok_or_else(|| {
+                    bad(
+                        "key-encryption-key",
+                        "must be 32 bytes in base64url (43 characters)",
+                    )
+                })
+            })
+            .transpose()?;
         let idle_timeout = setting(
             "idle-timeout",
             l.idle_timeout,
@@ -749,50 +753,46 @@ fn read_file(path: &Path, overridden: impl Fn(&str) -> bool) -> Result<SettingsL
         argv.push(format!("--{flag}={text}"));
     }
     let matches = command.try_get_matches_from(argv).map_err(|e| {
-        let e = clap_error(e);
+        let e = ConfigError::from(e);
         in_file(e.setting, e.message)
     })?;
-    SettingsLayer::from_arg_matches(&matches).map_err(clap_error)
+    SettingsLayer::from_arg_matches(&matches).map_err(ConfigError::from)
 }
 
 /// A clap error about a value as an invalid setting: the flag it names, and what its parser
 /// said (which never repeats a password: a store URL's parser redacts it).
 impl From<clap::Error> for ConfigError {
     fn from(e: clap::Error) -> Self {
-        clap_error(e)
-    }
-}
-
-fn clap_error(e: clap::Error) -> ConfigError {
-    use clap::error::{ContextKind, ContextValue};
-    let text = |kind| match e.get(kind) {
-        Some(ContextValue::String(s)) => Some(s.clone()),
-        Some(ContextValue::Strings(v)) => Some(v.join(", ")),
-        _ => None,
-    };
-    let setting = text(ContextKind::InvalidArg)
-        .map(|arg| arg.split([' ', '=']).next().unwrap_or_default().to_owned())
-        .unwrap_or_else(|| "--config".to_owned());
-    let message = match (
-        std::error::Error::source(&e),
-        text(ContextKind::InvalidValue),
-        text(ContextKind::ValidValue),
-    ) {
-        (Some(cause), _, _) => cause.to_string(),
-        (None, Some(value), Some(valid)) => format!("'{value}' is not one of {valid}"),
-        _ => e
-            .render()
-            .to_string()
-            .lines()
-            .next()
-            .unwrap_or("invalid")
-            .trim_start_matches("error: ")
-            .to_owned(),
-    };
-    ConfigError {
-        setting,
-        message,
-        source: None,
+        use clap::error::{ContextKind, ContextValue};
+        let text = |kind| match e.get(kind) {
+            Some(ContextValue::String(s)) => Some(s.clone()),
+            Some(ContextValue::Strings(v)) => Some(v.join(", ")),
+            _ => None,
+        };
+        let setting = text(ContextKind::InvalidArg)
+            .map(|arg| arg.split([' ', '=']).next().unwrap_or_default().to_owned())
+            .unwrap_or_else(|| "--config".to_owned());
+        let message = match (
+            std::error::Error::source(&e),
+            text(ContextKind::InvalidValue),
+            text(ContextKind::ValidValue),
+        ) {
+            (Some(cause), _, _) => cause.to_string(),
+            (None, Some(value), Some(valid)) => format!("'{value}' is not one of {valid}"),
+            _ => e
+                .render()
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or("invalid")
+                .trim_start_matches("error: ")
+                .to_owned(),
+        };
+        ConfigError {
+            setting,
+            message,
+            source: None,
+        }
     }
 }
 
@@ -811,7 +811,7 @@ mod tests {
     fn from_argv(argv: &[&str]) -> Result<Settings, ConfigError> {
         let matches = Cli::command()
             .try_get_matches_from(std::iter::once("keyward").chain(argv.iter().copied()))
-            .map_err(clap_error)?;
+            .map_err(ConfigError::from)?;
         Settings::from_matches(&matches)
     }
 

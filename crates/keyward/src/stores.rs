@@ -159,9 +159,8 @@ pub fn key_encryption_key(settings: &StoreSettings) -> Result<Kek, ConfigError> 
         message: m,
         source: None,
     };
-    if let Some(text) = &settings.key_encryption_key {
-        return Kek::parse(secrecy::ExposeSecret::expose_secret(text))
-            .ok_or_else(|| bad("must be 32 bytes in base64url (43 characters)".into()));
+    if let Some(kek) = &settings.key_encryption_key {
+        return Ok(kek.clone());
     }
     let Some(db) = keyward_sql::sqlite_file(&settings.database) else {
         return Err(bad("required when the database is not a SQLite file".into()));

@@ -800,7 +800,7 @@ async fn every_response_carries_the_security_headers_its_kind_needs() {
 }
 
 #[tokio::test]
-async fn a_body_over_the_limit_is_refused_unread() {
+async fn a_body_over_the_limit_is_refused_and_changes_nothing() {
     let app = spawn_app().await;
     let big = format!(
         r#"{{"username":"ada","password":"{}"}}"#,
