@@ -4,7 +4,9 @@
 use crate::clock::SharedClock;
 use crate::device::{DeviceCookie, DeviceKey};
 use crate::ids::{SessionId, UserId, Username, UsernameError, USERNAME_MAX};
+use crate::mail::{DynPostOffice, Email, EmailError};
 use crate::password::{self, HashError, PasswordHasher, PolicyError, PASSWORD_MAX};
+use crate::recovery::{DynTicketStore, Mail};
 use crate::secret::{Password, SessionToken, TokenHash};
 use crate::store::{
     DynSessionStore, DynTokenStore, DynUserStore, SessionRecord, StoreError, UserRecord,
@@ -100,6 +102,18 @@ pub enum AuthError {
     /// The OS random source failed.
     #[error("random source failed")]
     Random(#[source] getrandom::Error),
+    /// Mail cannot be sent: no SMTP server is configured.
+    #[error("email is not configured on this server")]
+    MailNotConfigured,
+    /// A mailed link's token is unknown, expired or already used.
+    #[error("the link is invalid, has expired or was already used")]
+    InvalidLink,
+    /// The address is already another account's verified address.
+    #[error("this email address belongs to another account")]
+    EmailTaken,
+    /// Not an email address.
+    #[error(transparent)]
+    InvalidEmail(#[from] EmailError),
 }
 
 /// Result of service calls.
@@ -153,15 +167,17 @@ pub struct NewSession {
 
 /// The auth service. Cheap to share behind an `Arc`.
 pub struct AuthService {
-    users: DynUserStore,
-    sessions: DynSessionStore,
+    pub(crate) users: DynUserStore,
+    pub(crate) sessions: DynSessionStore,
     tokens: Option<DynTokenStore>,
-    hasher: PasswordHasher,
-    throttle: Throttle,
+    pub(crate) hasher: PasswordHasher,
+    pub(crate) throttle: Throttle,
     /// Signs device cookies; `None` only when the OS random source failed at start.
     device_key: Option<DeviceKey>,
-    clock: SharedClock,
+    pub(crate) clock: SharedClock,
     config: AuthConfig,
+    /// Mailed links: absent for an embedder who gave no ticket store.
+    pub(crate) mail: Option<Mail>,
 }
 
 impl std::fmt::Debug for AuthService {
@@ -199,7 +215,15 @@ impl AuthService {
             device_key: DeviceKey::random().ok(),
             clock,
             config,
+            mail: None,
         }
+    }
+
+    /// Keep mailed links' tickets in `tickets`, and post letters to `post` (absent without an
+    /// SMTP server: the email flows then answer [`AuthError::MailNotConfigured`]).
+    pub fn with_mail(mut self, tickets: DynTicketStore, post: Option<DynPostOffice>) -> Self {
+        self.mail = Some(Mail { tickets, post });
+        self
     }
 
     /// Count failures in `log` (shared by a fleet) instead of this process's memory.
@@ -227,7 +251,7 @@ impl AuthService {
         self
     }
 
-    async fn revoke_token_families(&self, user: UserId) -> Result<(), StoreError> {
+    pub(crate) async fn revoke_token_families(&self, user: UserId) -> Result<(), StoreError> {
         if let Some(t) = &self.tokens {
             let n = t.revoke_user_families(user, self.clock.now()).await?;
             if n > 0 {
@@ -266,10 +290,23 @@ impl AuthService {
         password: &Password,
         ip: Option<IpAddr>,
     ) -> AuthResult<UserRecord> {
+        self.register_with_email(username, password, None, ip).await
+    }
+
+    /// [`AuthService::register`] with an email address, which gets a verification mail when
+    /// mail is configured. The address counts as verified only once that mail's link is used.
+    pub async fn register_with_email(
+        &self,
+        username: &str,
+        password: &Password,
+        email: Option<&str>,
+        ip: Option<IpAddr>,
+    ) -> AuthResult<UserRecord> {
         if !self.config.open_registration {
             return Err(AuthError::RegistrationClosed);
         }
         let name = Username::parse(username)?;
+        let email = email.map(Email::parse).transpose()?;
         password::check_policy(password, &[name.as_str()])?;
         match self.throttle.register(ip).await {
             Ok(()) => {}
@@ -279,20 +316,33 @@ impl AuthService {
             }
             Err(Refused::Store(e)) => return Err(e.into()),
         }
-        self.insert_user(name, password, ip).await
+        let user = self.insert_user(name, password, email.as_ref(), ip).await?;
+        if let Some(email) = &email {
+            match self.send_verification(&user, email).await {
+                Ok(()) => {}
+                Err(AuthError::MailNotConfigured) => {
+                    tracing::info!(user_id = %user.id, "no verification mail sent: email is not configured")
+                }
+                Err(e) => {
+                    tracing::warn!(user_id = %user.id, error = %e, "the verification mail could not be queued")
+                }
+            }
+        }
+        Ok(user)
     }
 
     /// Create a user (the admin path: works with registration closed, never throttled).
     pub async fn create_user(&self, username: &str, password: &Password) -> AuthResult<UserRecord> {
         let name = Username::parse(username)?;
         password::check_policy(password, &[name.as_str()])?;
-        self.insert_user(name, password, None).await
+        self.insert_user(name, password, None, None).await
     }
 
     async fn insert_user(
         &self,
         name: Username,
         password: &Password,
+        email: Option<&Email>,
         ip: Option<IpAddr>,
     ) -> AuthResult<UserRecord> {
         let user = UserRecord {
@@ -301,6 +351,8 @@ impl AuthService {
             password_hash: self.hasher.hash(password).await?,
             created_at: self.clock.now(),
             locked: false,
+            email: email.map(|e| e.as_str().to_owned()),
+            email_verified: false,
         };
         match self.users.create_user(&user).await {
             Ok(()) => {}
@@ -538,33 +590,16 @@ impl AuthService {
         client: &ClientInfo,
     ) -> AuthResult<Option<NewSession>> {
         password::check_length(new)?;
-        if current.expose().chars().count() > PASSWORD_MAX {
-            return Err(AuthError::TooLong("current_password"));
-        }
         let user = self
             .users
             .user_by_id(user_id)
             .await?
             .ok_or(AuthError::SessionGone)?;
         password::check_policy(new, &[user.username.as_str()])?;
-        let attempt = match self.throttle.begin(&user.username, client.ip, None).await {
-            Ok(a) => a,
-            Err(Refused::Throttled(retry_after)) => {
-                return Err(AuthError::Throttled { retry_after })
-            }
-            Err(Refused::Store(e)) => return Err(e.into()),
-        };
-        let verified = self
-            .hasher
-            .verify(current, Some(&user.password_hash))
-            .await?;
-        if !verified.ok {
-            attempt.failed().await;
-            tracing::info!(target: AUDIT, event = "password_change_failed", user_id = %user.id, ip = %show_ip(client.ip));
-            return Err(AuthError::WrongCurrentPassword);
-        }
+        self.step_up_user(&user, current, client).await?;
         let phc = self.hasher.hash(new).await?;
         self.users.set_password_hash(user.id, &phc).await?;
+        self.end_reset_links(user.id).await?;
         self.sessions
             .delete_for_user(user.id, keep.map(|s| s.id))
             .await?;
@@ -592,6 +627,52 @@ impl AuthService {
             session: renewed,
             device: None,
         }))
+    }
+
+    /// Step-up for a change to the account: the current password again, throttled with the
+    /// account's sign-ins. Returns the user as stored.
+    pub async fn step_up(
+        &self,
+        user_id: UserId,
+        current: &Password,
+        client: &ClientInfo,
+    ) -> AuthResult<UserRecord> {
+        let user = self
+            .users
+            .user_by_id(user_id)
+            .await?
+            .ok_or(AuthError::SessionGone)?;
+        self.step_up_user(&user, current, client).await?;
+        Ok(user)
+    }
+
+    async fn step_up_user(
+        &self,
+        user: &UserRecord,
+        current: &Password,
+        client: &ClientInfo,
+    ) -> AuthResult<()> {
+        if current.expose().chars().count() > PASSWORD_MAX {
+            return Err(AuthError::TooLong("current_password"));
+        }
+        let attempt = match self.throttle.begin(&user.username, client.ip, None).await {
+            Ok(a) => a,
+            Err(Refused::Throttled(retry_after)) => {
+                return Err(AuthError::Throttled { retry_after })
+            }
+            Err(Refused::Store(e)) => return Err(e.into()),
+        };
+        let verified = self
+            .hasher
+            .verify(current, Some(&user.password_hash))
+            .await?;
+        if !verified.ok {
+            attempt.failed().await;
+            tracing::info!(target: AUDIT, event = "step_up_failed", user_id = %user.id, ip = %show_ip(client.ip));
+            return Err(AuthError::WrongCurrentPassword);
+        }
+        attempt.succeeded().await;
+        Ok(())
     }
 
     /// Find a user by name or fail with [`AuthError::NoSuchUser`].

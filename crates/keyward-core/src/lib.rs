@@ -8,8 +8,10 @@ pub mod clock;
 pub mod device;
 pub mod feed;
 pub mod ids;
+pub mod mail;
 pub mod memory;
 pub mod password;
+pub mod recovery;
 pub mod secret;
 pub mod store;
 pub mod throttle;
@@ -22,8 +24,13 @@ pub use auth::{
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use device::{DeviceCookie, DeviceKey};
 pub use ids::{SessionId, UserId, Username};
+pub use mail::{
+    DynOutbox, DynPostOffice, Email, Letter, LetterKind, MailState, MailSummary, OutboundMail,
+    Outbox, PostOffice,
+};
 pub use memory::MemorySessionStore;
 pub use password::PasswordHasher;
+pub use recovery::{DynTicketStore, ResetFor, Ticket, TicketStore};
 pub use secret::{Password, SessionToken, TokenHash};
 pub use store::{
     DynKeyStore, DynSessionStore, DynTokenStore, DynUserStore, KeyStore, RefreshFamily,

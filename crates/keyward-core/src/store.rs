@@ -128,6 +128,11 @@ pub struct UserRecord {
     pub created_at: OffsetDateTime,
     /// Locked users cannot log in and have no sessions.
     pub locked: bool,
+    /// The account's email address, if it has one.
+    pub email: Option<String>,
+    /// Whether `email` was verified (its link used). Only a verified address receives
+    /// password resets.
+    pub email_verified: bool,
 }
 
 impl std::fmt::Debug for UserRecord {
@@ -137,6 +142,7 @@ impl std::fmt::Debug for UserRecord {
             .field("username", &self.username)
             .field("created_at", &self.created_at)
             .field("locked", &self.locked)
+            .field("email_verified", &self.email_verified)
             .finish_non_exhaustive()
     }
 }
@@ -150,8 +156,14 @@ pub trait UserStore: Send + Sync + 'static {
     async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>>;
     /// Find a user by id.
     async fn user_by_id(&self, id: UserId) -> StoreResult<Option<UserRecord>>;
+    /// Find the user whose *verified* address is `email`, ignoring case.
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>>;
     /// Replace the password hash.
     async fn set_password_hash(&self, id: UserId, phc: &str) -> StoreResult<()>;
+    /// Set the address and whether it is verified; false when there is no such user.
+    /// [`StoreError::Conflict`] when another account has this address verified.
+    async fn set_email(&self, id: UserId, email: Option<&str>, verified: bool)
+        -> StoreResult<bool>;
     /// Lock or unlock; false when there is no such user.
     async fn set_locked(&self, id: UserId, locked: bool) -> StoreResult<bool>;
     /// Delete; false when there is no such user.

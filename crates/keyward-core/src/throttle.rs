@@ -253,6 +253,8 @@ struct Bucket {
 pub const REGISTRATION_WINDOW: Duration = Duration::hours(1);
 /// Failed token requests counted per address within this window.
 pub const TOKEN_FAILURE_WINDOW: Duration = Duration::minutes(15);
+/// Password-reset requests allowed for one account (name or address) within an hour.
+pub const RESETS_PER_ACCOUNT: usize = 5;
 
 /// The address part of a throttle key: an IPv4 address whole, an IPv6 address by its /64 (the
 /// network one subscriber gets, where every host address is theirs to pick), an IPv4-mapped
@@ -521,21 +523,49 @@ impl Throttle {
         let Some(address) = address else {
             return Ok(());
         };
-        let b = Bucket {
+        self.count(vec![Bucket {
             key: format!("r:{}", address_bucket(address)),
             limit: self.config.registrations_per_address as usize,
             window: REGISTRATION_WINDOW,
-        };
+        }])
+        .await
+    }
+
+    /// Count a password-reset request for `asked` (the name or address asked for) from
+    /// `address`: at most [`RESETS_PER_ACCOUNT`] an hour for one account, and as many an hour
+    /// from one address as registrations.
+    pub async fn reset_request(&self, asked: &str, address: Option<IpAddr>) -> Result<(), Refused> {
+        let buckets = std::iter::once(Bucket {
+            key: format!("p:{}", hex(&Sha256::digest(asked.as_bytes()))),
+            limit: RESETS_PER_ACCOUNT,
+            window: REGISTRATION_WINDOW,
+        })
+        .chain(address.map(|a| Bucket {
+            key: format!("q:{}", address_bucket(a)),
+            limit: self.config.registrations_per_address as usize,
+            window: REGISTRATION_WINDOW,
+        }))
+        .collect();
+        self.count(buckets).await
+    }
+
+    /// Refuse when any bucket is full, else count one event in each: a rate, not failures.
+    async fn count(&self, buckets: Vec<Bucket>) -> Result<(), Refused> {
         let now = self.clock.now();
-        let recent = self.recent(&b, now).await?;
-        let wait = Self::wait(&b, &recent, 0, now);
-        if wait > Duration::ZERO {
-            return Err(Refused::Throttled(wait));
+        for b in &buckets {
+            let recent = self.recent(b, now).await?;
+            let wait = Self::wait(b, &recent, 0, now);
+            if wait > Duration::ZERO {
+                return Err(Refused::Throttled(wait));
+            }
         }
-        self.log
-            .record(&b.key, now, now - b.window, b.limit, b.window)
-            .await
-            .map_err(Refused::Store)
+        for b in &buckets {
+            self.log
+                .record(&b.key, now, now - b.window, b.limit, b.window)
+                .await
+                .map_err(Refused::Store)?;
+        }
+        Ok(())
     }
 
     fn token_bucket(&self, address: IpAddr) -> Bucket {

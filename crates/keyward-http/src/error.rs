@@ -74,6 +74,9 @@ pub enum ApiError {
     /// A store is unavailable (503 with `Retry-After`).
     #[error("a store is unavailable")]
     Unavailable,
+    /// A feature this server was not set up for (503): email without `--smtp-url`.
+    #[error("{0}")]
+    NotConfigured(&'static str),
     /// Anything else (500); the cause is logged, never sent.
     #[error("internal error")]
     Internal(#[source] Cause),
@@ -112,7 +115,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::NotConfigured(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -286,6 +289,16 @@ impl From<AuthError> for ApiError {
             AuthError::NoSuchUser => Self::NotFound,
             AuthError::SessionGone => Self::Unauthorized,
             AuthError::Store(e) => e.into(),
+            AuthError::MailNotConfigured => {
+                Self::NotConfigured("email is not configured on this server (no --smtp-url)")
+            }
+            AuthError::InvalidLink => Self::BadRequest(
+                "the link is invalid, has expired or was already used; ask for a new one".into(),
+            ),
+            AuthError::EmailTaken => {
+                Self::Conflict("this email address belongs to another account".into())
+            }
+            AuthError::InvalidEmail(e) => Self::Unprocessable(e.to_string()),
             // Hashing and randomness failures, and any kind a later version adds.
             other => Self::internal(other),
         }

@@ -96,10 +96,9 @@ pub(crate) fn security_headers(res: &mut Response) {
             HeaderValue::from_static(API_POLICY),
         );
     } else {
-        h.insert(
-            header::REFERRER_POLICY,
-            HeaderValue::from_static("same-origin"),
-        );
+        // A page whose URL carries a secret (a mailed link) sets `no-referrer` itself.
+        h.entry(header::REFERRER_POLICY)
+            .or_insert(HeaderValue::from_static("same-origin"));
         h.insert(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(PAGE_POLICY),

@@ -16,6 +16,7 @@
 //! This crate is the only one that knows HTTP: status codes are decided in [`error`] alone.
 #![deny(missing_docs)]
 
+mod account;
 mod auth_session;
 pub mod error;
 pub mod extract;
@@ -273,6 +274,9 @@ impl Keyward {
             Ok(0) => {}
             Ok(n) => tracing::debug!(purged = n, "expired sessions removed"),
             Err(e) => tracing::warn!(error = %e, "purging expired sessions failed"),
+        }
+        if let Err(e) = self.auth().purge_tickets().await {
+            tracing::warn!(error = %e, "purging ended mail links failed");
         }
         let Some(t) = self.tokens() else { return };
         if let Err(e) = t.purge().await {

@@ -27,6 +27,9 @@ pub(crate) fn routes() -> Router<Keyward> {
         .route("/account/sessions/revoke-others", post(revoke_others))
         .route("/account/sign-out", post(sign_out))
         .route("/account/password", post(change_password))
+        .route("/account/email", post(change_email))
+        .route("/reset-password", get(reset_password_page))
+        .route("/verify-email", get(verify_email_page))
         .route("/assets/keyward.css", get(css))
 }
 
@@ -91,6 +94,7 @@ struct SignInQuery {
     next: Option<String>,
     registered: Option<String>,
     signed_out: Option<String>,
+    reset: Option<String>,
 }
 
 fn sign_in_form(kw: &Keyward, username: &str, next: &str, message: Option<Markup>) -> Markup {
@@ -105,6 +109,9 @@ fn sign_in_form(kw: &Keyward, username: &str, next: &str, message: Option<Markup
                 label for="password" { "Password" }
                 input #password type="password" name="password" autocomplete="current-password" required maxlength="256";
                 button type="submit" { "Sign in" }
+            }
+            @if kw.auth().mail_enabled() {
+                p.aside { a href=(kw.path("/reset-password")) { "Forgot password?" } }
             }
             p.aside { "No account? " a href=(kw.path("/register")) { "Create one" } }
         }
@@ -137,6 +144,11 @@ async fn sign_in_page(
         ))
     } else if q.signed_out.is_some() {
         Some(alert("ok", "You are signed out."))
+    } else if q.reset.is_some() {
+        Some(alert(
+            "ok",
+            "Your password was changed and every session ended. Sign in with the new password.",
+        ))
     } else {
         None
     };
@@ -201,6 +213,11 @@ fn register_form(kw: &Keyward, username: &str, message: Option<Markup>) -> Marku
                     label for="password" { "Password" }
                     input #password type="password" name="password" autocomplete="new-password" required minlength="8" maxlength="256" aria-describedby="password-help";
                     p.help #password-help { "At least 8 characters; not a common password." }
+                    @if kw.auth().mail_enabled() {
+                        label for="email" { "Email (optional)" }
+                        input #email type="email" name="email" autocomplete="email" maxlength="254" aria-describedby="email-help";
+                        p.help #email-help { "We send a link to confirm it. A confirmed address lets you reset a forgotten password." }
+                    }
                     button type="submit" { "Create account" }
                 }
             } @else {
@@ -253,14 +270,26 @@ fn human_time(t: OffsetDateTime) -> String {
     t.format(&f).unwrap_or_default()
 }
 
+#[derive(Deserialize, Default)]
+struct AccountQuery {
+    email_sent: Option<String>,
+}
+
 async fn account_page(
     State(kw): State<Keyward>,
     MaybeSession(cs): MaybeSession,
+    Query(q): Query<AccountQuery>,
 ) -> Result<Response, ApiError> {
     let Some(cs) = cs else {
         return Ok(to_sign_in(&kw));
     };
-    render_account(&kw, &cs, None, StatusCode::OK).await
+    let message = q.email_sent.is_some().then(|| {
+        alert(
+            "ok",
+            "A link to confirm the new address was sent to it. Until it is used, your account keeps its current address.",
+        )
+    });
+    render_account(&kw, &cs, message, StatusCode::OK).await
 }
 
 async fn render_account(
@@ -270,6 +299,12 @@ async fn render_account(
     status: StatusCode,
 ) -> Result<Response, ApiError> {
     let sessions = session_list(kw, cs).await?;
+    let user = kw
+        .auth()
+        .users()
+        .user_by_id(cs.session.user_id)
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
     let body = html! {
         section.card.wide {
             h1 { "Your account" }
@@ -303,6 +338,23 @@ async fn render_account(
                 form method="post" action=(kw.path("/account/sessions/revoke-others")) { button.danger type="submit" { "Sign out everywhere else" } }
                 form method="post" action=(kw.path("/account/sign-out")) { button.secondary type="submit" { "Sign out" } }
             }
+            h2 { "Email" }
+            @match &user.email {
+                Some(email) => p #email-state {
+                    (email) " "
+                    @if user.email_verified { span.badge { "verified" } } @else { span.badge.warn { "not verified" } }
+                },
+                None => p #email-state { "No email address. With a confirmed address you can reset a forgotten password." },
+            }
+            @if kw.auth().mail_enabled() {
+                form method="post" action=(kw.path("/account/email")) {
+                    label for="new_email" { "New email address" }
+                    input #new_email type="email" name="email" autocomplete="email" required maxlength="254";
+                    label for="email_current_password" { "Current password" }
+                    input #email_current_password type="password" name="current_password" autocomplete="current-password" required maxlength="256";
+                    button type="submit" { "Send a confirmation link" }
+                }
+            }
             h2 { "Change password" }
             form method="post" action=(kw.path("/account/password")) {
                 label for="current_password" { "Current password" }
@@ -317,6 +369,23 @@ async fn render_account(
         status,
         layout(kw, "Account", Some(&cs.session.username), body),
     ))
+}
+
+/// The account page again after a refused form, with the error; failures of the server's own
+/// are answered as errors.
+async fn account_failed(
+    kw: &Keyward,
+    cs: &CurrentSession,
+    e: keyward_core::AuthError,
+) -> Result<Response, ApiError> {
+    let e = ApiError::from(e);
+    if matches!(
+        e,
+        ApiError::Unavailable | ApiError::Internal(_) | ApiError::Unauthorized
+    ) {
+        return Err(e);
+    }
+    render_account(kw, cs, Some(alert("error", &e.detail())), e.status()).await
 }
 
 /// Pages answer a missing session by sending the browser to sign in.
@@ -411,15 +480,212 @@ async fn change_password(
             ],
         )
             .into_response()),
-        Err(e) => {
-            let e = ApiError::from(e);
-            if matches!(
-                e,
-                ApiError::Unavailable | ApiError::Internal(_) | ApiError::Unauthorized
-            ) {
-                return Err(e);
+        Err(e) => account_failed(&kw, &cs, e).await,
+    }
+}
+
+async fn change_email(
+    State(kw): State<Keyward>,
+    MaybeSession(cs): MaybeSession,
+    addr: ClientAddr,
+    headers: HeaderMap,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let Some(cs) = cs else {
+        return Ok(to_sign_in(&kw));
+    };
+    let form: crate::account::EmailChange = decode_form(&read_body(req).await?)?;
+    let client = client_info(&kw, addr, &headers);
+    match kw
+        .auth()
+        .change_email(
+            cs.session.user_id,
+            &form.email,
+            &Password::new(form.current_password),
+            &client,
+        )
+        .await
+    {
+        Ok(()) => Ok(Redirect::to(&kw.path("/account?email_sent=1")).into_response()),
+        Err(e) => account_failed(&kw, &cs, e).await,
+    }
+}
+
+/// A page whose URL may carry a mailed secret: no referrer, ever.
+fn link_page(status: StatusCode, markup: Markup) -> Response {
+    let mut res = page(status, markup);
+    res.headers_mut().insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    res
+}
+
+fn mail_off(kw: &Keyward, title: &str) -> Response {
+    let body = html! {
+        section.card {
+            h1 { (title) }
+            (alert("error", "Email is not configured on this server. Ask an administrator."))
+        }
+    };
+    page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        layout(kw, title, None, body),
+    )
+}
+
+#[derive(Deserialize, Default)]
+struct LinkQuery {
+    token: Option<String>,
+    sent: Option<String>,
+    verified: Option<String>,
+}
+
+fn reset_request_form(kw: &Keyward, message: Option<Markup>) -> Markup {
+    html! {
+        section.card {
+            h1 { "Reset your password" }
+            @if let Some(m) = message { (m) }
+            p { "Give your username or the confirmed email address of your account. If it has one, we mail it a link to choose a new password." }
+            form method="post" action=(kw.path("/v1/password-reset")) {
+                label for="username" { "Username" }
+                input #username type="text" name="username" autocomplete="username" maxlength="64";
+                p.help { "or" }
+                label for="email" { "Email address" }
+                input #email type="email" name="email" autocomplete="email" maxlength="254";
+                button type="submit" { "Send a reset link" }
             }
-            render_account(&kw, &cs, Some(alert("error", &e.detail())), e.status()).await
+            p.aside { a href=(kw.path("/")) { "Back to sign in" } }
         }
     }
+}
+
+fn reset_confirm_form(kw: &Keyward, token: &str, message: Option<Markup>) -> Markup {
+    html! {
+        section.card {
+            h1 { "Choose a new password" }
+            @if let Some(m) = message { (m) }
+            form method="post" action=(kw.path("/v1/password-reset/confirm")) {
+                input type="hidden" name="token" value=(token);
+                label for="new_password" { "New password" }
+                input #new_password type="password" name="new_password" autocomplete="new-password" required minlength="8" maxlength="256" autofocus;
+                p.help { "At least 8 characters; not a common password. Every session of the account ends." }
+                button type="submit" { "Set the new password" }
+            }
+        }
+    }
+}
+
+/// `/reset-password`: without a token, the form that asks for a link; with one (the mailed
+/// link), the form that sets the new password. Opening the link uses up nothing.
+async fn reset_password_page(State(kw): State<Keyward>, Query(q): Query<LinkQuery>) -> Response {
+    let title = "Reset password";
+    if !kw.auth().mail_enabled() {
+        return mail_off(&kw, title);
+    }
+    let body = match q.token.as_deref() {
+        Some(token) => reset_confirm_form(&kw, token, None),
+        None => reset_request_form(
+            &kw,
+            q.sent.is_some().then(|| {
+                alert(
+                    "ok",
+                    "If an account matches and has a confirmed email address, a link was sent to it. It works for 30 minutes.",
+                )
+            }),
+        ),
+    };
+    link_page(StatusCode::OK, layout(&kw, title, None, body))
+}
+
+fn with_retry(mut res: Response, err: &ApiError) -> Response {
+    if let ApiError::TooManyRequests { retry_after } = err {
+        res.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(retry_seconds(*retry_after)),
+        );
+    }
+    res
+}
+
+/// The reset request form again, after a refused form post.
+pub(crate) fn reset_request_failed(kw: &Keyward, err: ApiError) -> Response {
+    if matches!(err, ApiError::NotConfigured(_)) {
+        return mail_off(kw, "Reset password");
+    }
+    let body = reset_request_form(kw, Some(alert("error", &err.detail())));
+    let res = page(err.status(), layout(kw, "Reset password", None, body));
+    with_retry(res, &err)
+}
+
+/// The new-password form again (or a dead link's page), after a refused form post.
+pub(crate) fn reset_confirm_failed(kw: &Keyward, token: &str, err: ApiError) -> Response {
+    if matches!(err, ApiError::NotConfigured(_)) {
+        return mail_off(kw, "Reset password");
+    }
+    let body = if matches!(err, ApiError::BadRequest(_)) {
+        html! {
+            section.card {
+                h1 { "This link no longer works" }
+                (alert("error", &err.detail()))
+                p { a.button href=(kw.path("/reset-password")) { "Ask for a new link" } }
+            }
+        }
+    } else {
+        reset_confirm_form(kw, token, Some(alert("error", &err.detail())))
+    };
+    let res = link_page(err.status(), layout(kw, "Reset password", None, body));
+    with_retry(res, &err)
+}
+
+/// `/verify-email`: the mailed link opens a page whose button confirms the address (a mail
+/// scanner fetching the link confirms nothing).
+async fn verify_email_page(State(kw): State<Keyward>, Query(q): Query<LinkQuery>) -> Response {
+    let title = "Confirm email";
+    if q.verified.is_some() {
+        let body = html! {
+            section.card {
+                h1 { "Email address confirmed" }
+                (alert("ok", "Your email address is confirmed. Password-reset links can now be sent to it."))
+                p { a.button href=(kw.path("/account")) { "Go to your account" } }
+            }
+        };
+        return page(StatusCode::OK, layout(&kw, title, None, body));
+    }
+    if !kw.auth().mail_enabled() {
+        return mail_off(&kw, title);
+    }
+    let body = html! {
+        section.card {
+            h1 { "Confirm your email address" }
+            @match q.token.as_deref() {
+                Some(token) => {
+                    p { "Press the button to confirm that this address is yours." }
+                    form method="post" action=(kw.path("/v1/email/verify")) {
+                        input type="hidden" name="token" value=(token);
+                        button type="submit" { "Confirm this address" }
+                    }
+                },
+                None => { (alert("error", "This page needs the link from the mail we sent.")) },
+            }
+        }
+    };
+    link_page(StatusCode::OK, layout(&kw, title, None, body))
+}
+
+/// The confirmation page again, after a refused form post.
+pub(crate) fn verify_email_failed(kw: &Keyward, _token: &str, err: ApiError) -> Response {
+    if matches!(err, ApiError::NotConfigured(_)) {
+        return mail_off(kw, "Confirm email");
+    }
+    let body = html! {
+        section.card {
+            h1 { "The address could not be confirmed" }
+            (alert("error", &err.detail()))
+            p { "Sign in and ask for a new link from your account page." }
+            p { a.button href=(kw.path("/account")) { "Go to your account" } }
+        }
+    };
+    let res = link_page(err.status(), layout(kw, "Confirm email", None, body));
+    with_retry(res, &err)
 }

@@ -35,6 +35,7 @@ pub(crate) fn api() -> Router<Keyward> {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
+        .merge(crate::account::routes())
 }
 
 /// Routes made mountable: keyward's state and the layer, no fallback. (Bodies are read
@@ -143,6 +144,15 @@ pub(crate) struct Credentials {
     pub(crate) next: Option<String>,
 }
 
+/// A registration, from JSON or a form: credentials and an optional email address.
+#[derive(Deserialize)]
+pub(crate) struct Registration {
+    pub(crate) username: String,
+    pub(crate) password: String,
+    #[serde(default)]
+    pub(crate) email: Option<String>,
+}
+
 #[derive(Deserialize)]
 pub(crate) struct PasswordChange {
     pub(crate) current_password: String,
@@ -249,11 +259,17 @@ pub(crate) fn came_from(kw: &Keyward, headers: &HeaderMap) -> Option<String> {
 async fn create_user(
     State(kw): State<Keyward>,
     ClientAddr(ip): ClientAddr,
-    Input { value, kind }: Input<Credentials>,
+    Input { value, kind }: Input<Registration>,
 ) -> Response {
+    let email = crate::account::given(value.email);
     let result = kw
         .auth()
-        .register(&value.username, &Password::new(value.password), ip)
+        .register_with_email(
+            &value.username,
+            &Password::new(value.password),
+            email.as_deref(),
+            ip,
+        )
         .await;
     match (result, kind) {
         (Ok(user), BodyKind::Json) => {
@@ -426,11 +442,52 @@ struct Me {
     username: String,
 }
 
-async fn me(p: Principal) -> Json<Me> {
-    Json(Me {
-        id: p.user_id(),
-        username: p.username().to_owned(),
-    })
+/// `GET /v1/me`: who the caller is, with the account's address and its state. While the
+/// database cannot be reached (a replicated node rides out an outage), the answer comes from
+/// the session or token alone and leaves the account's fields out rather than guess them.
+#[derive(Serialize)]
+struct Account {
+    id: String,
+    username: String,
+    #[serde(flatten)]
+    details: Option<AccountDetails>,
+}
+
+#[derive(Serialize)]
+struct AccountDetails {
+    email: Option<String>,
+    email_verified: bool,
+}
+
+async fn me(State(kw): State<Keyward>, p: Principal) -> Result<Json<Account>, ApiError> {
+    let id = p.user().ok_or(ApiError::InvalidToken)?;
+    let from_session = || {
+        Json(Account {
+            id: p.user_id(),
+            username: p.username().to_owned(),
+            details: None,
+        })
+    };
+    if kw.auth().sessions().degraded() {
+        return Ok(from_session());
+    }
+    let user = match kw.auth().users().user_by_id(id).await {
+        Ok(Some(user)) => user,
+        Ok(None) => return Err(ApiError::Unauthorized),
+        Err(keyward_core::StoreError::Unavailable(cause)) => {
+            tracing::warn!(error = %cause, "GET /v1/me answered from the session: the database is unavailable");
+            return Ok(from_session());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Json(Account {
+        id: user.id.to_string(),
+        username: user.username,
+        details: Some(AccountDetails {
+            email: user.email,
+            email_verified: user.email_verified,
+        }),
+    }))
 }
 
 async fn verify(p: Principal) -> Response {

@@ -8,6 +8,7 @@
 mod copy;
 mod failures;
 mod feed;
+mod mail;
 mod readers;
 mod rows;
 mod sessions;

@@ -3,7 +3,8 @@
 
 use keyward_core::clock::from_unix_ms;
 use keyward_core::{
-    RefreshFamily, SessionId, SessionRecord, StoreError, StoredKey, TokenHash, UserId, UserRecord,
+    LetterKind, MailState, MailSummary, OutboundMail, RefreshFamily, SessionId, SessionRecord,
+    StoreError, StoredKey, Ticket, TokenHash, UserId, UserRecord,
 };
 
 /// The columns of `sessions`, in the order of [`SessionRow`].
@@ -17,7 +18,7 @@ pub(crate) use session_cols;
 /// The columns of `users`.
 macro_rules! user_cols {
     () => {
-        "id, username, password_hash, created_at, locked"
+        "id, username, password_hash, created_at, locked, email, email_verified"
     };
 }
 pub(crate) use user_cols;
@@ -72,6 +73,8 @@ pub(crate) struct UserRow {
     password_hash: String,
     created_at: i64,
     locked: bool,
+    email: Option<String>,
+    email_verified: bool,
 }
 
 impl TryFrom<UserRow> for UserRecord {
@@ -83,6 +86,8 @@ impl TryFrom<UserRow> for UserRecord {
             password_hash: r.password_hash,
             created_at: from_unix_ms(r.created_at),
             locked: r.locked,
+            email: r.email,
+            email_verified: r.email_verified,
         })
     }
 }
@@ -138,4 +143,113 @@ pub(crate) struct RefreshRow {
     pub family_id: String,
     pub used_at: Option<i64>,
     pub successor: Option<Vec<u8>>,
+}
+
+/// The columns of `tickets`.
+macro_rules! ticket_cols {
+    () => {
+        "token_hash, kind, user_id, email, created_at, expires_at"
+    };
+}
+pub(crate) use ticket_cols;
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct TicketRow {
+    token_hash: Vec<u8>,
+    kind: String,
+    user_id: String,
+    email: Option<String>,
+    created_at: i64,
+    expires_at: i64,
+}
+
+impl TryFrom<TicketRow> for Ticket {
+    type Error = StoreError;
+    fn try_from(r: TicketRow) -> Result<Self, StoreError> {
+        Ok(Ticket {
+            hash: TokenHash::from_slice(&r.token_hash)
+                .ok_or_else(|| corrupt("ticket hash length"))?,
+            kind: LetterKind::parse(&r.kind).ok_or_else(|| corrupt("ticket kind"))?,
+            user_id: UserId::parse(&r.user_id).ok_or_else(|| corrupt("user id"))?,
+            email: r.email,
+            created_at: from_unix_ms(r.created_at),
+            expires_at: from_unix_ms(r.expires_at),
+        })
+    }
+}
+
+/// The columns of `mail_outbox` a delivery needs.
+macro_rules! outbound_cols {
+    () => {
+        "id, kind, recipient, message, created_at, expires_at, attempts"
+    };
+}
+pub(crate) use outbound_cols;
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct OutboundRow {
+    id: String,
+    kind: String,
+    recipient: String,
+    message: Option<Vec<u8>>,
+    created_at: i64,
+    expires_at: i64,
+    attempts: i32,
+}
+
+impl From<OutboundRow> for OutboundMail {
+    fn from(r: OutboundRow) -> Self {
+        OutboundMail {
+            id: r.id,
+            kind: r.kind,
+            recipient: r.recipient,
+            message: r.message.unwrap_or_default(),
+            created_at: from_unix_ms(r.created_at),
+            expires_at: from_unix_ms(r.expires_at),
+            attempts: u32::try_from(r.attempts).unwrap_or(0),
+        }
+    }
+}
+
+/// The columns of `mail_outbox` a listing shows.
+macro_rules! summary_cols {
+    () => {
+        "id, kind, recipient, state, attempts, created_at, next_attempt_at, done_at, last_error"
+    };
+}
+pub(crate) use summary_cols;
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct SummaryRow {
+    id: String,
+    kind: String,
+    recipient: String,
+    state: String,
+    attempts: i32,
+    created_at: i64,
+    next_attempt_at: i64,
+    done_at: Option<i64>,
+    last_error: Option<String>,
+}
+
+impl TryFrom<SummaryRow> for MailSummary {
+    type Error = StoreError;
+    fn try_from(r: SummaryRow) -> Result<Self, StoreError> {
+        Ok(MailSummary {
+            id: r.id,
+            kind: r.kind,
+            recipient: r.recipient,
+            state: match r.state.as_str() {
+                "queued" => MailState::Queued,
+                "sent" => MailState::Sent,
+                "parked" => MailState::Parked,
+                _ => return Err(corrupt("mail state")),
+            },
+            attempts: u32::try_from(r.attempts).unwrap_or(0),
+            created_at: from_unix_ms(r.created_at),
+            next_attempt_at: from_unix_ms(r.next_attempt_at),
+            done_at: r.done_at.map(from_unix_ms),
+            last_error: r.last_error,
+        })
+    }
 }

@@ -48,6 +48,10 @@ pub(crate) use on;
 
 /// What differs between the engines in a transaction.
 pub(crate) trait Dialect: sqlx::Database {
+    /// The outbox's claim: SQLite runs one writer at a time, so its statement alone is atomic;
+    /// PostgreSQL locks the rows it picks and skips those another claim holds.
+    const CLAIM_MAIL: &'static str;
+
     /// A transaction that runs alone among those given the same `lock`: SQLite takes its
     /// database-wide write lock at `BEGIN IMMEDIATE`; PostgreSQL takes an advisory lock, held
     /// until commit.
@@ -58,6 +62,8 @@ pub(crate) trait Dialect: sqlx::Database {
 }
 
 impl Dialect for sqlx::Sqlite {
+    const CLAIM_MAIL: &'static str = crate::mail::claim_mail!("");
+
     async fn begin_serial(
         pool: &SqlitePool,
         _lock: i64,
@@ -67,6 +73,8 @@ impl Dialect for sqlx::Sqlite {
 }
 
 impl Dialect for sqlx::Postgres {
+    const CLAIM_MAIL: &'static str = crate::mail::claim_mail!(" FOR UPDATE SKIP LOCKED");
+
     async fn begin_serial(
         pool: &PgPool,
         lock: i64,

@@ -7,15 +7,22 @@ use async_trait::async_trait;
 use keyward_core::clock::to_unix_ms;
 use keyward_core::{SessionStore, StoreResult, UserId, UserRecord, UserStore};
 
-const INSERT: &str =
-    "INSERT INTO users (id, username, username_key, password_hash, created_at, locked) \
-     VALUES ($1, $2, $3, $4, $5, $6)";
+const INSERT: &str = "INSERT INTO users \
+     (id, username, username_key, password_hash, created_at, locked, email, email_key, email_verified) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 const BY_NAME: &str = concat!(
     "SELECT ",
     user_cols!(),
     " FROM users WHERE username_key = $1"
 );
 const BY_ID: &str = concat!("SELECT ", user_cols!(), " FROM users WHERE id = $1");
+const BY_EMAIL: &str = concat!(
+    "SELECT ",
+    user_cols!(),
+    " FROM users WHERE email_key = $1 AND email_verified = $2"
+);
+const SET_EMAIL: &str =
+    "UPDATE users SET email = $1, email_key = $2, email_verified = $3 WHERE id = $4";
 const SET_HASH: &str = "UPDATE users SET password_hash = $1 WHERE id = $2";
 const SET_LOCKED: &str = "UPDATE users SET locked = $1 WHERE id = $2";
 const DELETE: &str = "DELETE FROM users WHERE id = $1";
@@ -31,6 +38,9 @@ impl UserStore for SqlStore {
             .bind(&user.password_hash)
             .bind(to_unix_ms(user.created_at))
             .bind(user.locked)
+            .bind(user.email.as_deref())
+            .bind(user.email.as_deref().map(str::to_lowercase))
+            .bind(user.email_verified)
             .execute(p)
             .await
             .map(|_| ()))
@@ -53,6 +63,33 @@ impl UserStore for SqlStore {
             .await)
         .map_err(store_error)?;
         row.map(UserRecord::try_from).transpose()
+    }
+
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>> {
+        let row: Option<UserRow> = on!(self, |p| sqlx::query_as(BY_EMAIL)
+            .bind(email.to_lowercase())
+            .bind(true)
+            .fetch_optional(p)
+            .await)
+        .map_err(store_error)?;
+        row.map(UserRecord::try_from).transpose()
+    }
+
+    async fn set_email(
+        &self,
+        id: UserId,
+        email: Option<&str>,
+        verified: bool,
+    ) -> StoreResult<bool> {
+        on!(self, |p| sqlx::query(SET_EMAIL)
+            .bind(email)
+            .bind(email.map(str::to_lowercase))
+            .bind(verified)
+            .bind(id.to_string())
+            .execute(p)
+            .await
+            .map(|d| d.rows_affected() > 0))
+        .map_err(store_error)
     }
 
     async fn set_password_hash(&self, id: UserId, phc: &str) -> StoreResult<()> {

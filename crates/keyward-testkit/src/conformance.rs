@@ -255,6 +255,8 @@ fn user(name: &str) -> UserRecord {
         password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA".into(),
         created_at: t0(),
         locked: false,
+        email: None,
+        email_verified: false,
     }
 }
 
@@ -867,4 +869,262 @@ pub async fn failure_log(log: &dyn keyward_core::FailureLog) {
         vec![t0()],
         "other keys kept"
     );
+}
+
+// ------------------------------------------------------------------ email, tickets, outbox
+
+use keyward_core::{LetterKind, MailState, OutboundMail, Outbox, Ticket, TicketStore};
+
+/// Addresses: stored as given, found for a reset only once verified (ignoring case), and a
+/// verified address belongs to one account.
+pub async fn emails_and_their_verification(s: &dyn UserStore) {
+    let alice = UserRecord {
+        email: Some("Alice@Example.com".into()),
+        ..user("alice")
+    };
+    s.create_user(&alice).await.unwrap();
+    let stored = s.user_by_id(alice.id).await.unwrap().unwrap();
+    assert_eq!(stored.email.as_deref(), Some("Alice@Example.com"));
+    assert!(!stored.email_verified);
+    assert_eq!(s.user_by_email("alice@example.com").await.unwrap(), None);
+    assert!(s
+        .set_email(alice.id, Some("Alice@Example.com"), true)
+        .await
+        .unwrap());
+    let found = s.user_by_email("ALICE@example.COM").await.unwrap().unwrap();
+    assert_eq!((found.id, found.email_verified), (alice.id, true));
+    let bob = user("bob");
+    s.create_user(&bob).await.unwrap();
+    // Bob may claim the address, unverified; he cannot have it verified.
+    assert!(s
+        .set_email(bob.id, Some("alice@example.com"), false)
+        .await
+        .unwrap());
+    assert!(matches!(
+        s.set_email(bob.id, Some("alice@example.com"), true).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        s.user_by_email("alice@example.com")
+            .await
+            .unwrap()
+            .map(|u| u.id),
+        Some(alice.id)
+    );
+    assert!(!s
+        .set_email(UserId::new(), Some("x@example.com"), true)
+        .await
+        .unwrap());
+    assert!(s.set_email(alice.id, None, false).await.unwrap());
+    assert_eq!(s.user_by_email("alice@example.com").await.unwrap(), None);
+}
+
+fn ticket(user: UserId, kind: LetterKind, at: OffsetDateTime) -> Ticket {
+    Ticket {
+        hash: SessionToken::generate().unwrap().hash(),
+        kind,
+        user_id: user,
+        email: (kind == LetterKind::VerifyEmail).then(|| "alice@example.com".to_owned()),
+        created_at: at,
+        expires_at: at + kind.valid_for(),
+    }
+}
+
+/// Tickets: found without being used, used once, ended by a newer one of their kind and by
+/// their expiry, and of concurrent uses exactly one wins.
+pub async fn tickets_are_single_use(s: Arc<dyn TicketStore>) {
+    let (user, now) = (UserId::new(), t0());
+    let reset = LetterKind::ResetPassword;
+    let first = ticket(user, reset, now);
+    s.issue_ticket(&first).await.unwrap();
+    assert_eq!(
+        s.find_ticket(&first.hash, reset, now).await.unwrap(),
+        Some(first.clone())
+    );
+    assert_eq!(
+        s.find_ticket(&first.hash, LetterKind::VerifyEmail, now)
+            .await
+            .unwrap(),
+        None
+    );
+    let verify = ticket(user, LetterKind::VerifyEmail, now);
+    s.issue_ticket(&verify).await.unwrap();
+    // A newer reset ends the older one, not the verification.
+    let second = ticket(user, reset, now);
+    s.issue_ticket(&second).await.unwrap();
+    assert_eq!(s.find_ticket(&first.hash, reset, now).await.unwrap(), None);
+    assert_eq!(
+        s.redeem_ticket(&first.hash, reset, now).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        s.redeem_ticket(&second.hash, reset, now).await.unwrap(),
+        Some(second.clone())
+    );
+    assert_eq!(
+        s.redeem_ticket(&second.hash, reset, now).await.unwrap(),
+        None
+    );
+    // Expired: neither found nor usable.
+    let late = verify.expires_at;
+    assert_eq!(
+        s.find_ticket(&verify.hash, LetterKind::VerifyEmail, late)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        s.redeem_ticket(&verify.hash, LetterKind::VerifyEmail, late)
+            .await
+            .unwrap(),
+        None
+    );
+    // Concurrent uses: one winner.
+    let raced = ticket(user, reset, now);
+    s.issue_ticket(&raced).await.unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (s, h) = (s.clone(), raced.hash);
+            tokio::spawn(async move { s.redeem_ticket(&h, reset, now).await.unwrap() })
+        })
+        .collect();
+    let mut won = 0;
+    for t in tasks {
+        won += usize::from(t.await.unwrap().is_some());
+    }
+    assert_eq!(won, 1);
+    // Ending and purging.
+    let a = ticket(user, reset, now);
+    s.issue_ticket(&a).await.unwrap();
+    assert_eq!(s.end_tickets(user, reset).await.unwrap(), 1);
+    assert_eq!(s.find_ticket(&a.hash, reset, now).await.unwrap(), None);
+    let old = ticket(UserId::new(), LetterKind::VerifyEmail, now);
+    s.issue_ticket(&old).await.unwrap();
+    assert_eq!(s.purge_tickets(now).await.unwrap(), 0);
+    assert_eq!(s.purge_tickets(old.expires_at).await.unwrap(), 1);
+}
+
+fn mail(i: u32, at: OffsetDateTime) -> OutboundMail {
+    OutboundMail {
+        id: SessionId::new().to_string(),
+        kind: "reset_password".into(),
+        recipient: format!("user{i}@example.com"),
+        message: format!("Subject: {i}\r\n\r\nsecret-{i}").into_bytes(),
+        created_at: at + Duration::milliseconds(i64::from(i)),
+        expires_at: at + Duration::minutes(30),
+        attempts: 0,
+    }
+}
+
+/// The outbox: of concurrent claimers each mail goes to one; a claim is a lease; delivered
+/// and parked mails are never claimed again and keep no message; a failure waits its retry.
+pub async fn outbox_claims_each_mail_once(s: Arc<dyn Outbox>) {
+    let now = t0();
+    let mut queued = Vec::new();
+    for i in 0..20 {
+        let m = mail(i, now);
+        s.enqueue(&m).await.unwrap();
+        queued.push(m);
+    }
+    // Not yet due: queued a moment after `now`.
+    assert_eq!(
+        s.claim(now - Duration::seconds(1), now, 50).await.unwrap(),
+        vec![]
+    );
+    let soon = now + Duration::seconds(1);
+    let lease = now + Duration::minutes(2);
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.claim(soon, lease, 8).await.unwrap() })
+        })
+        .collect();
+    let mut claimed = Vec::new();
+    for t in tasks {
+        claimed.extend(t.await.unwrap());
+    }
+    let mut ids: Vec<String> = claimed.iter().map(|m| m.id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), claimed.len(), "a mail was claimed twice");
+    assert_eq!(claimed.len(), 20);
+    let first = claimed.iter().find(|m| m.id == queued[0].id).unwrap();
+    assert_eq!(first, &queued[0]);
+    // Leased: nobody gets them until the lease runs out.
+    assert!(s.claim(soon, lease, 50).await.unwrap().is_empty());
+    let again = s
+        .claim(lease, lease + Duration::minutes(2), 50)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 20);
+    let later = lease + Duration::minutes(3);
+    // Delivered: never again.
+    s.delivered(&queued[0].id, later).await.unwrap();
+    // Failed: again at its retry, with the attempt counted.
+    let retry = later + Duration::seconds(5);
+    s.failed(&queued[1].id, later, Some(retry), "421 try later")
+        .await
+        .unwrap();
+    // Parked: never again.
+    s.failed(&queued[2].id, later, None, "550 no such user")
+        .await
+        .unwrap();
+    let until = |t: OffsetDateTime| t + Duration::minutes(2);
+    let due: Vec<String> = s
+        .claim(later + Duration::seconds(1), until(later), 50)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(due.len(), 17);
+    assert!(!due.contains(&queued[1].id));
+    let retried = s.claim(retry, until(retry), 50).await.unwrap();
+    assert_eq!(retried.len(), 1);
+    assert_eq!(
+        (retried[0].id.clone(), retried[0].attempts),
+        (queued[1].id.clone(), 1)
+    );
+    let list = s.list_mail(100).await.unwrap();
+    assert_eq!(list.len(), 20);
+    let state = |id: &str| list.iter().find(|m| m.id == id).unwrap().clone();
+    assert_eq!(state(&queued[0].id).state, MailState::Sent);
+    assert_eq!(state(&queued[0].id).done_at, Some(later));
+    assert_eq!(state(&queued[2].id).state, MailState::Parked);
+    assert_eq!(
+        state(&queued[2].id).last_error.as_deref(),
+        Some("550 no such user")
+    );
+    assert_eq!(state(&queued[1].id).state, MailState::Queued);
+    assert_eq!(state(&queued[1].id).attempts, 1);
+    assert_eq!(s.list_mail(5).await.unwrap().len(), 5);
+    assert_eq!(s.purge_mail(later).await.unwrap(), 0);
+    assert_eq!(s.purge_mail(later + Duration::seconds(1)).await.unwrap(), 2);
+    assert_eq!(s.list_mail(100).await.unwrap().len(), 18);
+}
+
+/// Generate the email, ticket and outbox conformance tests for a database. `$make` returns a
+/// fixture whose store is all three.
+#[macro_export]
+macro_rules! mail_store_conformance {
+    ($name:ident, $make:path) => {
+        mod $name {
+            use $crate::conformance as c;
+            #[tokio::test]
+            async fn emails_and_their_verification() {
+                let f = $make().await;
+                c::emails_and_their_verification(&*f.store).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn tickets_are_single_use() {
+                let f = $make().await;
+                c::tickets_are_single_use(f.store.clone()).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn outbox_claims_each_mail_once() {
+                let f = $make().await;
+                c::outbox_claims_each_mail_once(f.store.clone()).await
+            }
+        }
+    };
 }

@@ -16,6 +16,7 @@ pub mod pg;
 pub mod ports;
 pub mod proxy;
 pub mod redis;
+pub mod smtp;
 pub mod traefik;
 
 use keyward_core::DynTokenStore;
@@ -407,6 +408,10 @@ pub struct AppOptions {
     pub introspection_token: Option<String>,
     pub password_grant: bool,
     pub key_rotation_interval: time::Duration,
+    /// `--smtp-url` (`None`: email is off).
+    pub smtp_url: Option<String>,
+    /// `--database` (`None`: a fresh SQLite file in a temp dir).
+    pub database: Option<String>,
 }
 
 impl Default for AppOptions {
@@ -424,6 +429,8 @@ impl Default for AppOptions {
             introspection_token: Some(INTROSPECTION_TOKEN.to_owned()),
             password_grant: true,
             key_rotation_interval: time::Duration::days(30),
+            smtp_url: None,
+            database: None,
         }
     }
 }
@@ -440,6 +447,10 @@ pub struct TestApp {
     pub sessions: DynSessionStore,
     pub token_store: DynTokenStore,
     pub tokens: Arc<TokenService>,
+    /// The mail outbox (in the database).
+    pub outbox: keyward_core::DynOutbox,
+    /// `--database`.
+    pub database: String,
     /// Set when the app was built with [`SessionBackend::Switchable`].
     pub switch: Option<Arc<SwitchableStore>>,
     pub client: Client,
@@ -469,10 +480,17 @@ pub async fn spawn_app_with(opts: AppOptions) -> TestApp {
     let layer = SettingsLayer {
         bind: Some("127.0.0.1:0".parse().unwrap()),
         database: Some(
-            format!("sqlite://{}", dir.path().join("keyward.db").display())
+            opts.database
+                .clone()
+                .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("keyward.db").display()))
                 .parse()
                 .unwrap(),
         ),
+        smtp_url: opts.smtp_url.as_deref().map(|u| u.parse().unwrap()),
+        mail_from: opts
+            .smtp_url
+            .as_ref()
+            .map(|_| "keyward <no-reply@keyward.test>".parse().unwrap()),
         session_store: (opts.sessions == SessionBackend::Memory).then(|| "memory".parse().unwrap()),
         public_url: opts.public_url.as_deref().map(|u| u.parse().unwrap()),
         allowed_origins: Some(
@@ -504,6 +522,7 @@ pub async fn spawn_app_with(opts: AppOptions) -> TestApp {
         key_rotation_interval: Some(std(opts.key_rotation_interval)),
         ..SettingsLayer::default()
     };
+    let database = layer.database.as_ref().unwrap().expose().to_owned();
     let settings = Settings::resolve(layer).unwrap();
     let clock = Arc::new(ManualClock::starting_now());
     let mut switch = None;
@@ -536,6 +555,8 @@ pub async fn spawn_app_with(opts: AppOptions) -> TestApp {
         sessions: stores.sessions,
         token_store: stores.tokens,
         tokens,
+        outbox: stores.outbox,
+        database,
         switch,
         client: client(),
         server,

@@ -142,12 +142,71 @@ pub async fn keys(cmd: KeysCommand, settings: &Settings, json: bool) -> anyhow::
     Ok(())
 }
 
+#[derive(Debug, Subcommand)]
+pub enum MailCommand {
+    /// List the outbox, newest first: queued, sent and parked mails (never their content).
+    List {
+        /// Show at most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+pub async fn mail(cmd: MailCommand, settings: &Settings, json: bool) -> anyhow::Result<()> {
+    let MailCommand::List { limit } = cmd;
+    let stores = stores::open(&settings.stores).await?;
+    let list = stores.outbox.list_mail(limit).await?;
+    if json {
+        let v: Vec<serde_json::Value> = list
+            .iter()
+            .map(|m| {
+                json!({
+                    "id": m.id, "kind": m.kind, "recipient": m.recipient,
+                    "state": m.state.as_str(), "attempts": m.attempts,
+                    "created_at": ts(m.created_at),
+                    "next_attempt_at": ts(m.next_attempt_at),
+                    "done_at": m.done_at.map(ts), "last_error": m.last_error,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|m| {
+            vec![
+                m.id.clone(),
+                m.kind.clone(),
+                m.recipient.clone(),
+                m.state.as_str().to_owned(),
+                m.attempts.to_string(),
+                ts(m.created_at),
+                m.last_error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "ID",
+            "KIND",
+            "TO",
+            "STATE",
+            "ATTEMPTS",
+            "QUEUED",
+            "LAST ERROR",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
 fn ts(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
 fn user_json(u: &UserRecord) -> serde_json::Value {
-    json!({"id": u.id.to_string(), "username": u.username, "created_at": ts(u.created_at), "locked": u.locked})
+    json!({"id": u.id.to_string(), "username": u.username, "created_at": ts(u.created_at), "locked": u.locked, "email": u.email, "email_verified": u.email_verified})
 }
 
 fn print_table(header: &[&str], rows: &[Vec<String>]) {

@@ -4,6 +4,7 @@ use crate::config::{ConfigError, Settings};
 use crate::stores::{self, OpenFailure, Stores};
 use keyward_core::{AuthService, DeviceKey, PasswordHasher, SharedClock};
 use keyward_http::Keyward;
+use keyward_mail::{Courier, Mailer, Post};
 use keyward_token::TokenService;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -34,6 +35,9 @@ pub enum StartError {
     /// The signing keys cannot be loaded or made.
     #[error("loading the signing keys")]
     Keys(#[source] keyward_token::TokenError),
+    /// The SMTP settings cannot be used.
+    #[error("--smtp-url: cannot set up the SMTP client")]
+    Mail(#[source] keyward_mail::MailError),
 }
 
 /// keyward built from its settings, bound and ready to serve: the stores the URLs name (and
@@ -44,6 +48,8 @@ pub struct Application {
     settings: Settings,
     stores: Stores,
     keyward: Keyward,
+    /// Delivers the outbox's mail, when an SMTP server is configured.
+    courier: Option<Courier>,
 }
 
 impl std::fmt::Debug for Application {
@@ -87,7 +93,7 @@ impl Application {
             stores.users.clone(),
             stores.sessions.clone(),
             hasher,
-            clock,
+            clock.clone(),
             settings.auth.clone(),
         )
         .with_token_store(stores.tokens.clone())
@@ -97,6 +103,32 @@ impl Application {
             // Beside shared sessions, failed logins are counted fleet-wide.
             auth = auth.with_failure_log(log);
         }
+        // Mail: letters go to the outbox; this node's courier delivers what any node posted.
+        let courier = match &settings.mail {
+            Some(mail) => {
+                let mailer =
+                    Mailer::new(&mail.smtp, mail.from.clone()).map_err(StartError::Mail)?;
+                let wake = Arc::new(tokio::sync::Notify::new());
+                let post = Post::new(
+                    stores.outbox.clone(),
+                    mail.from.clone(),
+                    settings.http.public_url.clone(),
+                    clock.clone(),
+                    wake.clone(),
+                );
+                auth = auth.with_mail(stores.tickets.clone(), Some(Arc::new(post)));
+                Some(Courier::new(
+                    stores.outbox.clone(),
+                    mailer,
+                    clock.clone(),
+                    wake,
+                ))
+            }
+            None => {
+                auth = auth.with_mail(stores.tickets.clone(), None);
+                None
+            }
+        };
         let auth = Arc::new(auth);
         let tokens = TokenService::new(
             auth.clone(),
@@ -114,6 +146,7 @@ impl Application {
             settings,
             stores,
             keyward,
+            courier,
         })
     }
 
@@ -149,6 +182,16 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let maintenance = tokio::spawn(self.keyward.maintenance());
+        let courier = self.courier.map(|courier| {
+            tokio::spawn(async move {
+                // What the server says, logged once; a server that is down is waited for.
+                match courier.mailer().check().await {
+                    Ok(()) => tracing::info!(smtp = %courier.mailer().url(), "the SMTP server answers"),
+                    Err(e) => tracing::warn!(smtp = %courier.mailer().url(), error = %e, "the SMTP server cannot be used yet; mail waits in the outbox"),
+                }
+                courier.run().await
+            })
+        });
         let served = axum::serve(
             self.listener,
             self.keyward
@@ -158,6 +201,9 @@ impl Application {
         .with_graceful_shutdown(shutdown)
         .await;
         maintenance.abort();
+        if let Some(c) = courier {
+            c.abort();
+        }
         served
     }
 }

@@ -11,10 +11,12 @@ use clap::{ArgMatches, Args, FromArgMatches, ValueEnum};
 use ipnet::IpNet;
 use keyward_core::{AuthConfig, Engine, StoreUrl, ThrottleConfig};
 use keyward_http::HttpConfig;
+use keyward_mail::SmtpUrl;
 use keyward_redis::RedisOptions;
 use keyward_replica::{CacheMode, CacheOptions};
 use keyward_sql::SqlOptions;
 use keyward_token::{Kek, SigningAlg, TokenConfig};
+use lettre::message::Mailbox;
 use secrecy::{ExposeSecret, SecretString};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -298,6 +300,42 @@ pub struct SettingsLayer {
         global = true
     )]
     pub session_cache_capacity: Option<u64>,
+    /// SMTP server for keyward's mail: smtp://user:pass@host:port (STARTTLS required;
+    /// ?tls=none allows plain text, for a local relay) or smtps://… (implicit TLS); the login
+    /// and the port are optional [default: none: the email routes answer 503].
+    #[arg(
+        long,
+        env = "KEYWARD_SMTP_URL",
+        value_name = "URL",
+        hide_env_values = true,
+        value_parser = parse_smtp_url,
+        global = true
+    )]
+    pub smtp_url: Option<SmtpUrl>,
+    /// Sender of keyward's mail: name@example.com or "Name <name@example.com>" [default:
+    /// keyward at the public URL's host].
+    #[arg(long, env = "KEYWARD_MAIL_FROM", value_name = "ADDR", value_parser = parse_mailbox, global = true)]
+    pub mail_from: Option<Mailbox>,
+}
+
+/// An `--smtp-url` (its errors never repeat the URL, which may hold a password).
+fn parse_smtp_url(s: &str) -> Result<SmtpUrl, String> {
+    s.parse::<SmtpUrl>().map_err(|e| e.to_string())
+}
+
+/// A `--mail-from` mailbox.
+fn parse_mailbox(s: &str) -> Result<Mailbox, String> {
+    s.parse::<Mailbox>()
+        .map_err(|e| format!("'{s}' is not a mail address ({e})"))
+}
+
+/// Mail: the SMTP server and the sender.
+#[derive(Debug, Clone)]
+pub struct MailSettings {
+    /// The server.
+    pub smtp: SmtpUrl,
+    /// The sender.
+    pub from: Mailbox,
 }
 
 /// `auto` or a count.
@@ -329,6 +367,8 @@ pub struct Settings {
     pub hash_concurrency: Option<usize>,
     /// Log output.
     pub log_format: LogFormat,
+    /// Mail (`None`: no SMTP server, email is off).
+    pub mail: Option<MailSettings>,
     /// The settings no one gave, which follow the bound address (port 0 in tests).
     pub(crate) derived: Derived,
 }
@@ -629,6 +669,27 @@ impl Settings {
             )?,
         };
 
+        let mail = match (l.smtp_url, l.mail_from) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(bad(
+                    "mail-from",
+                    "needs --smtp-url: without an SMTP server keyward sends no mail",
+                ))
+            }
+            (Some(smtp), Some(from)) => Some(MailSettings { smtp, from }),
+            (Some(smtp), None) => {
+                let host = http.public_url.host_str().unwrap_or_default();
+                let from = format!("keyward <keyward@{host}>").parse::<Mailbox>().map_err(|_| {
+                    bad(
+                        "mail-from",
+                        format!("must be given: keyward@{host} (from the public URL) is not a mail address"),
+                    )
+                })?;
+                Some(MailSettings { smtp, from })
+            }
+        };
+
         Ok(Self {
             bind,
             stores,
@@ -642,6 +703,7 @@ impl Settings {
                 |n| (*n == Some(0)).then(|| "must be at least 1".into()),
             )?,
             log_format: setting("log-format", l.log_format, LogFormat::Text, any)?,
+            mail,
             derived: Derived {
                 public_url: public_url_derived,
                 issuer: issuer_derived,
@@ -848,6 +910,43 @@ mod tests {
         assert!(s.stores.cache.is_none());
         assert_eq!(s.stores.redis.timeout, Duration::from_secs(2));
         assert_eq!(s.stores.redis.wait_replicas, WaitReplicas::Auto);
+        assert_eq!(s.auth.throttle.registrations_per_address, 20);
+        assert_eq!(s.auth.throttle.token_failures_per_address, 100);
+        assert!(s.tokens.password_grant);
+        assert!(s.mail.is_none());
+    }
+
+    #[test]
+    fn mail_settings() {
+        let s = from_argv(&["--smtp-url", "smtps://app:s3cret@mail.example.com"]).unwrap();
+        let mail = s.mail.unwrap();
+        assert_eq!(mail.smtp.port, 465);
+        assert_eq!(mail.from.to_string(), "keyward <keyward@127.0.0.1>");
+        assert!(!format!("{:?}", mail.smtp).contains("s3cret"));
+        let s = from_argv(&[
+            "--smtp-url",
+            "smtp://127.0.0.1:2525?tls=none",
+            "--mail-from",
+            "Accounts <accounts@example.com>",
+        ])
+        .unwrap();
+        assert_eq!(
+            s.mail.unwrap().from.to_string(),
+            "Accounts <accounts@example.com>"
+        );
+        let e = from_argv(&["--mail-from", "a@example.com"]).unwrap_err();
+        assert_eq!(e.setting, "--mail-from");
+        let e = from_argv(&["--smtp-url", "http://app:s3cret@mail.example.com"]).unwrap_err();
+        assert_eq!(e.setting, "--smtp-url");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+        let e = from_argv(&[
+            "--smtp-url",
+            "smtp://mail.example.com",
+            "--mail-from",
+            "not an address",
+        ])
+        .unwrap_err();
+        assert_eq!(e.setting, "--mail-from");
     }
 
     #[test]

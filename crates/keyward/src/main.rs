@@ -42,6 +42,9 @@ enum Command {
     /// Manage token signing keys.
     #[command(subcommand)]
     Keys(admin::KeysCommand),
+    /// Inspect the mail outbox.
+    #[command(subcommand)]
+    Mail(admin::MailCommand),
     /// Create or update the database schema, then exit.
     Migrate,
 }
@@ -174,6 +177,7 @@ async fn run(command: Command, settings: Settings, json: bool) -> Result<(), Fai
         Command::Users(cmd) => admin::users(cmd, &settings, json).await?,
         Command::Sessions(cmd) => admin::sessions(cmd, &settings, json).await?,
         Command::Keys(cmd) => admin::keys(cmd, &settings, json).await?,
+        Command::Mail(cmd) => admin::mail(cmd, &settings, json).await?,
     }
     Ok(())
 }

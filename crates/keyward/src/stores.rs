@@ -3,7 +3,8 @@
 use crate::config::{ConfigError, StoreSettings};
 use keyward_core::feed::ChangeFeed;
 use keyward_core::{
-    DynFailureLog, DynKeyStore, DynSessionStore, DynTokenStore, DynUserStore, MemorySessionStore,
+    DynFailureLog, DynKeyStore, DynOutbox, DynSessionStore, DynTicketStore, DynTokenStore,
+    DynUserStore, MemorySessionStore,
 };
 use keyward_core::{Engine, StoreUrl};
 use keyward_redis::feed::RedisFeed;
@@ -23,6 +24,10 @@ pub struct Stores {
     pub tokens: DynTokenStore,
     /// Signing keys: in the database.
     pub keys: DynKeyStore,
+    /// Mailed links' tickets: in the database.
+    pub tickets: DynTicketStore,
+    /// The mail outbox: in the database.
+    pub outbox: DynOutbox,
     /// Where failed logins are counted when other processes share it (the session store's
     /// PostgreSQL, SQLite file or Redis); else each process counts its own.
     pub failure_log: Option<DynFailureLog>,
@@ -145,7 +150,9 @@ pub async fn open(settings: &StoreSettings) -> Result<Stores, OpenFailure> {
         users: db.clone(),
         sessions,
         tokens,
-        keys: db,
+        keys: db.clone(),
+        tickets: db.clone(),
+        outbox: db,
         failure_log,
     })
 }

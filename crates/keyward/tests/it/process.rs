@@ -193,6 +193,8 @@ async fn serve_help_lists_every_setting() {
         "--password-grant",
         "--registration-max-per-address",
         "--token-max-failures-per-address",
+        "--smtp-url",
+        "--mail-from",
         "KEYWARD_IDLE_TIMEOUT",
     ] {
         assert!(help.contains(flag), "{flag} missing from serve --help");
