@@ -5,6 +5,7 @@ use crate::clock::SharedClock;
 use crate::device::{DeviceCookie, DeviceKey};
 use crate::ids::{SessionId, UserId, Username, UsernameError, USERNAME_MAX};
 use crate::mail::{DynPostOffice, Email, EmailError};
+use crate::mfa::{DynMfaStore, Mfa, Sealer};
 use crate::password::{self, HashError, PasswordHasher, PolicyError, PASSWORD_MAX};
 use crate::recovery::{DynTicketStore, Mail};
 use crate::secret::{Password, SessionToken, TokenHash};
@@ -114,6 +115,35 @@ pub enum AuthError {
     /// Not an email address.
     #[error(transparent)]
     InvalidEmail(#[from] EmailError),
+    /// The right password of an account with TOTP: the sign-in goes on at
+    /// `POST /v1/sessions/mfa` with this token and a code. No session was made.
+    #[error("a second factor is required")]
+    MfaRequired(SessionToken),
+    /// The second step's token is unknown, used or expired.
+    #[error("the mfa_token is invalid or has expired; sign in again")]
+    InvalidMfaToken,
+    /// The second step's code is wrong, or was already used.
+    #[error("invalid or already used code")]
+    WrongSignInCode,
+    /// Step-up or enrolment: the code is wrong, or was already used.
+    #[error("the code is wrong or was already used")]
+    WrongCode,
+    /// Step-up of an account with TOTP: a current code is needed too.
+    #[error("this account has a second factor: give a current code in \"code\"")]
+    CodeRequired,
+    /// Enrolment while TOTP is on.
+    #[error("TOTP is already on; turn it off first")]
+    TotpAlreadyOn,
+    /// Confirmation without an enrolment started.
+    #[error("no TOTP enrolment is pending; start one with POST /v1/users/me/totp")]
+    TotpNotPending,
+    /// Turning off what is off.
+    #[error("TOTP is not on")]
+    TotpNotOn,
+    /// No second-factor store (an embedder that gave none), or a sealed secret cannot be
+    /// opened (a wrong key-encryption key).
+    #[error("the second factor is not available on this server")]
+    MfaUnavailable,
 }
 
 /// Result of service calls.
@@ -173,11 +203,13 @@ pub struct AuthService {
     pub(crate) hasher: PasswordHasher,
     pub(crate) throttle: Throttle,
     /// Signs device cookies; `None` only when the OS random source failed at start.
-    device_key: Option<DeviceKey>,
+    pub(crate) device_key: Option<DeviceKey>,
     pub(crate) clock: SharedClock,
     config: AuthConfig,
     /// Mailed links: absent for an embedder who gave no ticket store.
     pub(crate) mail: Option<Mail>,
+    /// Second factors: absent for an embedder who gave no store.
+    pub(crate) mfa: Option<Mfa>,
 }
 
 impl std::fmt::Debug for AuthService {
@@ -216,7 +248,21 @@ impl AuthService {
             clock,
             config,
             mail: None,
+            mfa: None,
         }
+    }
+
+    /// Keep second factors in `store`, TOTP secrets sealed by `sealer`, and name `issuer` in
+    /// authenticator apps.
+    pub fn with_mfa(mut self, store: DynMfaStore, sealer: Arc<dyn Sealer>, issuer: &str) -> Self {
+        // An otpauth label may not hold ':' (an IPv6 host).
+        let issuer = issuer.replace(':', "-");
+        self.mfa = Some(Mfa {
+            store,
+            sealer,
+            issuer,
+        });
+        self
     }
 
     /// Keep mailed links' tickets in `tickets`, and post letters to `post` (absent without an
@@ -353,6 +399,7 @@ impl AuthService {
             locked: false,
             email: email.map(|e| e.as_str().to_owned()),
             email_verified: false,
+            totp: false,
         };
         match self.users.create_user(&user).await {
             Ok(()) => {}
@@ -376,7 +423,21 @@ impl AuthService {
         client: &ClientInfo,
     ) -> AuthResult<NewSession> {
         let user = self.check_credentials(username, password, client).await?;
-        let mut new = self.open_session(&user, client).await?;
+        if user.totp {
+            let token = self.mfa_ticket(&user).await?;
+            tracing::info!(target: AUDIT, event = "mfa_required", user_id = %user.id, ip = %show_ip(client.ip));
+            return Err(AuthError::MfaRequired(token));
+        }
+        self.signed_in(&user, client).await
+    }
+
+    /// Every factor passed: a new session, the presented one ended, a new device cookie.
+    pub(crate) async fn signed_in(
+        &self,
+        user: &UserRecord,
+        client: &ClientInfo,
+    ) -> AuthResult<NewSession> {
+        let mut new = self.open_session(user, client).await?;
         if let Some(presented) = client.session.filter(|h| *h != new.session.token_hash) {
             if let Some(old) = self.sessions.delete(&presented).await? {
                 metrics::counter!("keyward_sessions_revoked_total", "reason" => "replaced")
@@ -447,7 +508,12 @@ impl AuthService {
                 Err(e) => tracing::warn!(error = %e, "could not upgrade the password hash"),
             }
         }
-        attempt.succeeded().await;
+        if user.totp {
+            // The first factor only: failures of the second stay counted.
+            attempt.released().await;
+        } else {
+            attempt.succeeded().await;
+        }
         Ok(user)
     }
 
@@ -587,6 +653,7 @@ impl AuthService {
         keep: Option<&SessionRecord>,
         current: &Password,
         new: &Password,
+        code: Option<&str>,
         client: &ClientInfo,
     ) -> AuthResult<Option<NewSession>> {
         password::check_length(new)?;
@@ -596,7 +663,7 @@ impl AuthService {
             .await?
             .ok_or(AuthError::SessionGone)?;
         password::check_policy(new, &[user.username.as_str()])?;
-        self.step_up_user(&user, current, client).await?;
+        self.step_up_user(&user, current, code, client).await?;
         let phc = self.hasher.hash(new).await?;
         self.users.set_password_hash(user.id, &phc).await?;
         self.end_reset_links(user.id).await?;
@@ -635,6 +702,7 @@ impl AuthService {
         &self,
         user_id: UserId,
         current: &Password,
+        code: Option<&str>,
         client: &ClientInfo,
     ) -> AuthResult<UserRecord> {
         let user = self
@@ -642,7 +710,7 @@ impl AuthService {
             .user_by_id(user_id)
             .await?
             .ok_or(AuthError::SessionGone)?;
-        self.step_up_user(&user, current, client).await?;
+        self.step_up_user(&user, current, code, client).await?;
         Ok(user)
     }
 
@@ -650,6 +718,7 @@ impl AuthService {
         &self,
         user: &UserRecord,
         current: &Password,
+        code: Option<&str>,
         client: &ClientInfo,
     ) -> AuthResult<()> {
         if current.expose().chars().count() > PASSWORD_MAX {
@@ -670,6 +739,17 @@ impl AuthService {
             attempt.failed().await;
             tracing::info!(target: AUDIT, event = "step_up_failed", user_id = %user.id, ip = %show_ip(client.ip));
             return Err(AuthError::WrongCurrentPassword);
+        }
+        if user.totp {
+            let Some(code) = code.filter(|c| !c.trim().is_empty()) else {
+                attempt.released().await;
+                return Err(AuthError::CodeRequired);
+            };
+            if self.check_code(user, code).await?.is_none() {
+                attempt.failed().await;
+                tracing::info!(target: AUDIT, event = "step_up_failed", user_id = %user.id, factor = "code", ip = %show_ip(client.ip));
+                return Err(AuthError::WrongCode);
+            }
         }
         attempt.succeeded().await;
         Ok(())

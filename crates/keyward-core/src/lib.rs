@@ -10,6 +10,7 @@ pub mod feed;
 pub mod ids;
 pub mod mail;
 pub mod memory;
+pub mod mfa;
 pub mod password;
 pub mod recovery;
 pub mod secret;
@@ -25,10 +26,11 @@ pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use device::{DeviceCookie, DeviceKey};
 pub use ids::{SessionId, UserId, Username};
 pub use mail::{
-    DynOutbox, DynPostOffice, Email, Letter, LetterKind, MailState, MailSummary, OutboundMail,
-    Outbox, PostOffice,
+    DynOutbox, DynPostOffice, Email, Letter, MailState, MailSummary, OutboundMail, Outbox,
+    PostOffice, TicketKind,
 };
 pub use memory::MemorySessionStore;
+pub use mfa::{DynMfaStore, Enrolment, MfaRecord, MfaStore, Sealer};
 pub use password::PasswordHasher;
 pub use recovery::{DynTicketStore, ResetFor, Ticket, TicketStore};
 pub use secret::{Password, SessionToken, TokenHash};

@@ -17,19 +17,22 @@ use time::{Duration, OffsetDateTime};
 
 /// What a letter is for. Its link's ticket is of the same kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum LetterKind {
+pub enum TicketKind {
     /// Confirm that an address belongs to the account (`/verify-email`).
     VerifyEmail,
     /// Set a new password (`/reset-password`).
     ResetPassword,
+    /// The second step of a sign-in with TOTP (`mfa_token`; never mailed).
+    MfaSignIn,
 }
 
-impl LetterKind {
+impl TicketKind {
     /// The name stored and shown.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::VerifyEmail => "verify_email",
             Self::ResetPassword => "reset_password",
+            Self::MfaSignIn => "mfa_sign_in",
         }
     }
 
@@ -38,15 +41,25 @@ impl LetterKind {
         match s {
             "verify_email" => Some(Self::VerifyEmail),
             "reset_password" => Some(Self::ResetPassword),
+            "mfa_sign_in" => Some(Self::MfaSignIn),
             _ => None,
         }
     }
 
-    /// How long its link works: a reset for 30 minutes, a verification for a day.
+    /// Whether a newer ticket of this kind ends the user's older ones: a mailed link does
+    /// (the newest mail is the one that works); the second step of a sign-in does not (a user
+    /// may be signing in on two devices).
+    pub fn newest_only(self) -> bool {
+        !matches!(self, Self::MfaSignIn)
+    }
+
+    /// How long it works: a verification link a day, a reset link 30 minutes, the second
+    /// step of a sign-in 5 minutes.
     pub fn valid_for(self) -> Duration {
         match self {
             Self::VerifyEmail => Duration::hours(24),
             Self::ResetPassword => Duration::minutes(30),
+            Self::MfaSignIn => Duration::minutes(5),
         }
     }
 }
@@ -54,7 +67,7 @@ impl LetterKind {
 /// A letter to send: what it is about, to whom, and the secret its link carries.
 pub struct Letter {
     /// What it is for.
-    pub kind: LetterKind,
+    pub kind: TicketKind,
     /// The account it concerns.
     pub user_id: UserId,
     /// The account's username, to greet and to remind.
@@ -93,7 +106,7 @@ pub type DynPostOffice = Arc<dyn PostOffice>;
 pub struct OutboundMail {
     /// Id (a UUID).
     pub id: String,
-    /// What it is for ([`LetterKind::as_str`]).
+    /// What it is for ([`TicketKind::as_str`]).
     pub kind: String,
     /// The envelope's recipient.
     pub recipient: String,
@@ -296,9 +309,13 @@ mod tests {
 
     #[test]
     fn kinds_round_trip() {
-        for k in [LetterKind::VerifyEmail, LetterKind::ResetPassword] {
-            assert_eq!(LetterKind::parse(k.as_str()), Some(k));
+        for k in [
+            TicketKind::VerifyEmail,
+            TicketKind::ResetPassword,
+            TicketKind::MfaSignIn,
+        ] {
+            assert_eq!(TicketKind::parse(k.as_str()), Some(k));
         }
-        assert_eq!(LetterKind::ResetPassword.valid_for(), Duration::minutes(30));
+        assert_eq!(TicketKind::ResetPassword.valid_for(), Duration::minutes(30));
     }
 }

@@ -7,7 +7,7 @@
 
 use crate::auth::{show_ip, AuthError, AuthResult, AuthService, ClientInfo, AUDIT};
 use crate::ids::{UserId, Username};
-use crate::mail::{DynPostOffice, Email, Letter, LetterKind};
+use crate::mail::{DynPostOffice, Email, Letter, TicketKind};
 use crate::password;
 use crate::secret::{Password, SessionToken, TokenHash};
 use crate::store::{DynUserStore, StoreError, StoreResult, UserRecord};
@@ -23,7 +23,7 @@ pub struct Ticket {
     /// SHA-256 of the secret.
     pub hash: TokenHash,
     /// What it is for.
-    pub kind: LetterKind,
+    pub kind: TicketKind,
     /// Whose it is.
     pub user_id: UserId,
     /// The address it verifies (verification tickets).
@@ -37,24 +37,25 @@ pub struct Ticket {
 /// Where tickets live (the database).
 #[async_trait]
 pub trait TicketStore: Send + Sync + 'static {
-    /// Store `ticket`, ending the user's other tickets of its kind, in one step.
+    /// Store `ticket`, ending the user's other tickets of its kind when the kind keeps only
+    /// the newest ([`TicketKind::newest_only`]), in one step.
     async fn issue_ticket(&self, ticket: &Ticket) -> StoreResult<()>;
     /// The live ticket of this kind with this hash, leaving it in place.
     async fn find_ticket(
         &self,
         hash: &TokenHash,
-        kind: LetterKind,
+        kind: TicketKind,
         now: OffsetDateTime,
     ) -> StoreResult<Option<Ticket>>;
     /// Use a ticket: remove it and return it if it was live. Of concurrent calls, one gets it.
     async fn redeem_ticket(
         &self,
         hash: &TokenHash,
-        kind: LetterKind,
+        kind: TicketKind,
         now: OffsetDateTime,
     ) -> StoreResult<Option<Ticket>>;
     /// End every ticket of this kind of a user; returns how many.
-    async fn end_tickets(&self, user: UserId, kind: LetterKind) -> StoreResult<u64>;
+    async fn end_tickets(&self, user: UserId, kind: TicketKind) -> StoreResult<u64>;
     /// Remove tickets that ended before `now`; returns how many.
     async fn purge_tickets(&self, now: OffsetDateTime) -> StoreResult<u64>;
 }
@@ -79,7 +80,7 @@ pub(crate) struct Mail {
 }
 
 impl AuthService {
-    fn tickets(&self) -> AuthResult<&DynTicketStore> {
+    pub(crate) fn tickets_store(&self) -> AuthResult<&DynTicketStore> {
         self.mail
             .as_ref()
             .map(|m| &m.tickets)
@@ -111,7 +112,7 @@ impl AuthService {
         send(
             tickets,
             post,
-            LetterKind::VerifyEmail,
+            TicketKind::VerifyEmail,
             user,
             email.as_str(),
             self.clock.now(),
@@ -129,11 +130,12 @@ impl AuthService {
         user_id: UserId,
         email: &str,
         current: &Password,
+        code: Option<&str>,
         client: &ClientInfo,
     ) -> AuthResult<()> {
         let email = Email::parse(email)?;
         self.post_office()?;
-        let user = self.step_up(user_id, current, client).await?;
+        let user = self.step_up(user_id, current, code, client).await?;
         self.send_verification(&user, &email).await?;
         tracing::info!(target: AUDIT, event = "email_change_requested", user_id = %user.id, ip = %show_ip(client.ip));
         Ok(())
@@ -141,13 +143,13 @@ impl AuthService {
 
     /// Use a verification link: the address it was sent to becomes the account's, verified.
     pub async fn verify_email(&self, token: &str, ip: Option<IpAddr>) -> AuthResult<UserRecord> {
-        let tickets = self.tickets()?;
+        let (tickets, _) = self.post_office()?;
         self.admit_link(ip)?;
         let now = self.clock.now();
         let redeemed = match SessionToken::parse(token) {
             Some(t) => {
                 tickets
-                    .redeem_ticket(&t.hash(), LetterKind::VerifyEmail, now)
+                    .redeem_ticket(&t.hash(), TicketKind::VerifyEmail, now)
                     .await?
             }
             None => None,
@@ -224,14 +226,14 @@ impl AuthService {
         ip: Option<IpAddr>,
     ) -> AuthResult<UserRecord> {
         password::check_length(new)?;
-        let tickets = self.tickets()?;
+        let (tickets, _) = self.post_office()?;
         self.admit_link(ip)?;
         let hash = SessionToken::parse(token).map(|t| t.hash());
         let now = self.clock.now();
         let found = match &hash {
             Some(h) => {
                 tickets
-                    .find_ticket(h, LetterKind::ResetPassword, now)
+                    .find_ticket(h, TicketKind::ResetPassword, now)
                     .await?
             }
             None => None,
@@ -248,7 +250,7 @@ impl AuthService {
         password::check_policy(new, &[user.username.as_str()])?;
         let phc = self.hasher.hash(new).await?;
         if tickets
-            .redeem_ticket(&hash, LetterKind::ResetPassword, self.clock.now())
+            .redeem_ticket(&hash, TicketKind::ResetPassword, self.clock.now())
             .await?
             .is_none()
         {
@@ -257,7 +259,7 @@ impl AuthService {
         }
         self.users.set_password_hash(user.id, &phc).await?;
         tickets
-            .end_tickets(user.id, LetterKind::ResetPassword)
+            .end_tickets(user.id, TicketKind::ResetPassword)
             .await?;
         let ended = self.sessions.delete_for_user(user.id, None).await?;
         self.revoke_token_families(user.id).await?;
@@ -283,7 +285,7 @@ impl AuthService {
     pub(crate) async fn end_reset_links(&self, user: UserId) -> StoreResult<()> {
         if let Some(m) = &self.mail {
             m.tickets
-                .end_tickets(user, LetterKind::ResetPassword)
+                .end_tickets(user, TicketKind::ResetPassword)
                 .await?;
         }
         Ok(())
@@ -302,7 +304,7 @@ impl AuthService {
 async fn send(
     tickets: &DynTicketStore,
     post: &DynPostOffice,
-    kind: LetterKind,
+    kind: TicketKind,
     user: &UserRecord,
     to: &str,
     now: OffsetDateTime,
@@ -315,7 +317,7 @@ async fn send(
             hash: token.hash(),
             kind,
             user_id: user.id,
-            email: (kind == LetterKind::VerifyEmail).then(|| to.to_owned()),
+            email: (kind == TicketKind::VerifyEmail).then(|| to.to_owned()),
             created_at: now,
             expires_at,
         })
@@ -358,7 +360,7 @@ async fn reset_mail(
         tracing::info!(target: AUDIT, event = "password_reset_requested", user_id = %user.id, sent = false, reason = "no verified email", ip = %show_ip(ip));
         return Ok(());
     };
-    send(tickets, post, LetterKind::ResetPassword, &user, &email, now).await?;
+    send(tickets, post, TicketKind::ResetPassword, &user, &email, now).await?;
     tracing::info!(target: AUDIT, event = "password_reset_requested", user_id = %user.id, sent = true, ip = %show_ip(ip));
     Ok(())
 }

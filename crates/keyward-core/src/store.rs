@@ -133,6 +133,8 @@ pub struct UserRecord {
     /// Whether `email` was verified (its link used). Only a verified address receives
     /// password resets.
     pub email_verified: bool,
+    /// Whether TOTP is on: a sign-in then needs a code too.
+    pub totp: bool,
 }
 
 impl std::fmt::Debug for UserRecord {
@@ -143,6 +145,7 @@ impl std::fmt::Debug for UserRecord {
             .field("created_at", &self.created_at)
             .field("locked", &self.locked)
             .field("email_verified", &self.email_verified)
+            .field("totp", &self.totp)
             .finish_non_exhaustive()
     }
 }

@@ -332,6 +332,12 @@ impl Attempt {
         }
     }
 
+    /// The first of two factors was right: end the attempt without counting a failure, and
+    /// keep the failures counted so far (wrong second-factor codes among them).
+    pub async fn released(self) {
+        self.settle(false).await;
+    }
+
     /// Whether the attempt is judged as a known device's.
     pub fn by_device(&self) -> bool {
         self.buckets

@@ -31,6 +31,9 @@ pub(crate) fn given(v: Option<String>) -> Option<String> {
 pub(crate) struct EmailChange {
     pub(crate) email: String,
     pub(crate) current_password: String,
+    /// With TOTP on: a current code (step-up).
+    #[serde(default)]
+    pub(crate) code: Option<String>,
 }
 
 /// `202`: a link went to the new address; the account keeps the old one until it is used.
@@ -48,6 +51,7 @@ async fn change_email(
             user,
             &body.email,
             &Password::new(body.current_password),
+            body.code.as_deref(),
             &client,
         )
         .await?;

@@ -74,6 +74,15 @@ pub enum ApiError {
     /// A store is unavailable (503 with `Retry-After`).
     #[error("a store is unavailable")]
     Unavailable,
+    /// The password was right and the account has TOTP (401, problem type `…mfa-required`,
+    /// with the `mfa_token` for `POST /v1/sessions/mfa`).
+    #[error(
+        "a second factor is required: send a code with this mfa_token to POST /v1/sessions/mfa"
+    )]
+    MfaRequired(keyward_core::SessionToken),
+    /// The second step of a sign-in failed (401).
+    #[error("{0}")]
+    SignInRefused(String),
     /// A feature this server was not set up for (503): email without `--smtp-url`.
     #[error("{0}")]
     NotConfigured(&'static str),
@@ -89,7 +98,13 @@ struct Problem<'a> {
     title: &'a str,
     status: u16,
     detail: String,
+    /// The second step's token (`mfa-required` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mfa_token: Option<&'a str>,
 }
+
+/// The problem type of a sign-in that needs its second step.
+pub const MFA_REQUIRED_TYPE: &str = "urn:keyward:problem:mfa-required";
 
 impl ApiError {
     /// An internal error with this cause.
@@ -104,6 +119,8 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             Self::Unauthorized
+            | Self::MfaRequired(_)
+            | Self::SignInRefused(_)
             | Self::InvalidCredentials
             | Self::InvalidToken
             | Self::InvalidClient(_) => StatusCode::UNAUTHORIZED,
@@ -211,11 +228,16 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         self.log();
         let status = self.status();
+        let (kind, mfa_token) = match &self {
+            Self::MfaRequired(token) => (MFA_REQUIRED_TYPE, Some(token.expose())),
+            _ => ("about:blank", None),
+        };
         let problem = Problem {
-            kind: "about:blank",
+            kind,
             title: status.canonical_reason().unwrap_or("Error"),
             status: status.as_u16(),
             detail: self.detail(),
+            mfa_token,
         };
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut res = (status, body).into_response();
@@ -299,6 +321,17 @@ impl From<AuthError> for ApiError {
                 Self::Conflict("this email address belongs to another account".into())
             }
             AuthError::InvalidEmail(e) => Self::Unprocessable(e.to_string()),
+            AuthError::MfaRequired(token) => Self::MfaRequired(token),
+            e @ (AuthError::InvalidMfaToken | AuthError::WrongSignInCode) => {
+                Self::SignInRefused(e.to_string())
+            }
+            e @ (AuthError::WrongCode | AuthError::CodeRequired) => Self::Forbidden(e.to_string()),
+            e @ (AuthError::TotpAlreadyOn | AuthError::TotpNotPending | AuthError::TotpNotOn) => {
+                Self::Conflict(e.to_string())
+            }
+            AuthError::MfaUnavailable => {
+                Self::NotConfigured("the second factor is not available on this server")
+            }
             // Hashing and randomness failures, and any kind a later version adds.
             other => Self::internal(other),
         }
@@ -319,6 +352,7 @@ impl From<TokenError> for ApiError {
             TokenError::InvalidClient => Self::InvalidClient(
                 "introspection needs Authorization: Bearer <introspection token>".into(),
             ),
+            e @ TokenError::SecondFactorRequired => Self::InvalidGrant(e.to_string()),
             TokenError::Store(s) => s.into(),
             TokenError::Auth(a) => a.into(),
             other => Self::internal(other),

@@ -23,6 +23,7 @@ pub mod extract;
 mod guard;
 mod layer;
 pub mod metrics;
+mod mfa;
 mod oauth;
 mod pages;
 mod routes;

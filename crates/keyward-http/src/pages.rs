@@ -28,6 +28,9 @@ pub(crate) fn routes() -> Router<Keyward> {
         .route("/account/sign-out", post(sign_out))
         .route("/account/password", post(change_password))
         .route("/account/email", post(change_email))
+        .route("/account/totp", post(totp_begin))
+        .route("/account/totp/confirm", post(totp_confirm))
+        .route("/account/totp/disable", post(totp_disable))
         .route("/reset-password", get(reset_password_page))
         .route("/verify-email", get(verify_email_page))
         .route("/assets/keyward.css", get(css))
@@ -165,6 +168,18 @@ pub(crate) fn sign_in_failed(
     next: Option<&str>,
     err: ApiError,
 ) -> Response {
+    if let ApiError::MfaRequired(token) = &err {
+        let next = local_target(next, &kw.path("/account"));
+        return page(
+            StatusCode::OK,
+            layout(
+                kw,
+                "Two-step sign-in",
+                None,
+                code_form(kw, token.expose(), &next, None),
+            ),
+        );
+    }
     let status = err.status();
     let text = match &err {
         ApiError::InvalidCredentials => "Invalid username or password.".to_owned(),
@@ -305,6 +320,11 @@ async fn render_account(
         .user_by_id(cs.session.user_id)
         .await?
         .ok_or(ApiError::Unauthorized)?;
+    let mfa_left = if user.totp {
+        kw.auth().mfa_state(user.id).await?.recovery_codes_left
+    } else {
+        0
+    };
     let body = html! {
         section.card.wide {
             h1 { "Your account" }
@@ -352,7 +372,29 @@ async fn render_account(
                     input #new_email type="email" name="email" autocomplete="email" required maxlength="254";
                     label for="email_current_password" { "Current password" }
                     input #email_current_password type="password" name="current_password" autocomplete="current-password" required maxlength="256";
+                    @if user.totp {
+                        label for="email_code" { "Code from your app" }
+                        input #email_code type="text" name="code" autocomplete="one-time-code" required maxlength="64";
+                    }
                     button type="submit" { "Send a confirmation link" }
+                }
+            }
+            h2 { "Two-step sign-in" }
+            @if user.totp {
+                p #totp-state { "On: signing in asks for a code from your authenticator app. " (mfa_left) " recovery codes left." }
+                form method="post" action=(kw.path("/account/totp/disable")) {
+                    label for="totp_off_password" { "Current password" }
+                    input #totp_off_password type="password" name="current_password" autocomplete="current-password" required maxlength="256";
+                    label for="totp_off_code" { "Code from your app, or a recovery code" }
+                    input #totp_off_code type="text" name="code" autocomplete="one-time-code" required maxlength="64";
+                    button.danger type="submit" { "Turn off two-step sign-in" }
+                }
+            } @else {
+                p #totp-state { "Off. With an authenticator app, a stolen password alone no longer signs anyone in." }
+                form method="post" action=(kw.path("/account/totp")) {
+                    label for="totp_password" { "Current password" }
+                    input #totp_password type="password" name="current_password" autocomplete="current-password" required maxlength="256";
+                    button type="submit" { "Set up two-step sign-in" }
                 }
             }
             h2 { "Change password" }
@@ -361,6 +403,10 @@ async fn render_account(
                 input #current_password type="password" name="current_password" autocomplete="current-password" required maxlength="256";
                 label for="new_password" { "New password" }
                 input #new_password type="password" name="new_password" autocomplete="new-password" required minlength="8" maxlength="256";
+                @if user.totp {
+                    label for="password_code" { "Code from your app" }
+                    input #password_code type="text" name="code" autocomplete="one-time-code" required maxlength="64";
+                }
                 button type="submit" { "Change password" }
             }
         }
@@ -467,6 +513,7 @@ async fn change_password(
             Some(&cs.session),
             &Password::new(form.current_password),
             &Password::new(form.new_password),
+            form.code.as_deref(),
             &client,
         )
         .await
@@ -502,6 +549,7 @@ async fn change_email(
             cs.session.user_id,
             &form.email,
             &Password::new(form.current_password),
+            form.code.as_deref(),
             &client,
         )
         .await
@@ -688,4 +736,167 @@ pub(crate) fn verify_email_failed(kw: &Keyward, _token: &str, err: ApiError) -> 
     };
     let res = link_page(err.status(), layout(kw, "Confirm email", None, body));
     with_retry(res, &err)
+}
+
+// ------------------------------------------------------------------ second factor
+
+fn code_form(kw: &Keyward, mfa_token: &str, next: &str, message: Option<Markup>) -> Markup {
+    html! {
+        section.card {
+            h1 { "Two-step sign-in" }
+            @if let Some(m) = message { (m) }
+            p { "Enter the 6-digit code from your authenticator app, or one of your recovery codes." }
+            form method="post" action=(kw.path("/v1/sessions/mfa")) {
+                input type="hidden" name="mfa_token" value=(mfa_token);
+                input type="hidden" name="next" value=(next);
+                label for="code" { "Code" }
+                input #code type="text" name="code" autocomplete="one-time-code" inputmode="numeric" required maxlength="64" autofocus;
+                button type="submit" { "Sign in" }
+            }
+            p.aside { a href=(kw.path("/")) { "Start again" } }
+        }
+    }
+}
+
+/// The code page again after a refused code (or the sign-in page when the token is over).
+pub(crate) fn code_failed(
+    kw: &Keyward,
+    mfa_token: &str,
+    next: Option<&str>,
+    err: ApiError,
+) -> Response {
+    let next = local_target(next, &kw.path("/account"));
+    let res = page(
+        err.status(),
+        layout(
+            kw,
+            "Two-step sign-in",
+            None,
+            code_form(kw, mfa_token, &next, Some(alert("error", &err.detail()))),
+        ),
+    );
+    with_retry(res, &err)
+}
+
+/// An `otpauth://` URI as an SVG QR code, drawn on the server (no script, no image request).
+fn qr_svg(uri: &str) -> Option<String> {
+    let code = qrcode::QrCode::new(uri.as_bytes()).ok()?;
+    let svg = code
+        .render::<qrcode::render::svg::Color<'_>>()
+        .min_dimensions(220, 220)
+        .quiet_zone(true)
+        .build();
+    // Inline in HTML: drop the XML declaration.
+    Some(match svg.find("<svg") {
+        Some(i) => svg.get(i..).unwrap_or_default().to_owned(),
+        None => svg,
+    })
+}
+
+async fn totp_begin(
+    State(kw): State<Keyward>,
+    MaybeSession(cs): MaybeSession,
+    addr: ClientAddr,
+    headers: HeaderMap,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let Some(cs) = cs else {
+        return Ok(to_sign_in(&kw));
+    };
+    let form: crate::mfa::CurrentPassword = decode_form(&read_body(req).await?)?;
+    let client = client_info(&kw, addr, &headers);
+    let enrolment = match kw
+        .auth()
+        .begin_totp(
+            cs.session.user_id,
+            &Password::new(form.current_password),
+            &client,
+        )
+        .await
+    {
+        Ok(e) => e,
+        Err(e) => return account_failed(&kw, &cs, e).await,
+    };
+    let body = html! {
+        section.card {
+            h1 { "Set up two-step sign-in" }
+            p { "Scan this code with your authenticator app (or type the key below), then enter the 6-digit code it shows." }
+            figure #totp-qr aria-label="QR code of the authenticator key" {
+                (maud::PreEscaped(qr_svg(&enrolment.otpauth_uri).unwrap_or_default()))
+            }
+            p { "Key: " code #totp-secret { (enrolment.secret) } }
+            p.help { "Or open: " code #totp-uri { (enrolment.otpauth_uri) } }
+            form method="post" action=(kw.path("/account/totp/confirm")) {
+                label for="code" { "Code from your app" }
+                input #code type="text" name="code" autocomplete="one-time-code" inputmode="numeric" required maxlength="6" autofocus;
+                button type="submit" { "Turn on two-step sign-in" }
+            }
+        }
+    };
+    Ok(page(
+        StatusCode::OK,
+        layout(&kw, "Two-step sign-in", Some(&cs.session.username), body),
+    ))
+}
+
+async fn totp_confirm(
+    State(kw): State<Keyward>,
+    MaybeSession(cs): MaybeSession,
+    addr: ClientAddr,
+    headers: HeaderMap,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let Some(cs) = cs else {
+        return Ok(to_sign_in(&kw));
+    };
+    let form: crate::mfa::Code = decode_form(&read_body(req).await?)?;
+    let client = client_info(&kw, addr, &headers);
+    let codes = match kw
+        .auth()
+        .confirm_totp(cs.session.user_id, &form.code, &client)
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => return account_failed(&kw, &cs, e).await,
+    };
+    let body = html! {
+        section.card {
+            h1 { "Two-step sign-in is on" }
+            (alert("ok", "From now on, signing in asks for a code from your app."))
+            p { "Keep these recovery codes somewhere safe. Each signs you in once if you lose your phone; they are shown only now." }
+            ul #recovery-codes { @for c in &codes { li { code { (c) } } } }
+            p { a.button href=(kw.path("/account")) { "Back to your account" } }
+        }
+    };
+    Ok(page(
+        StatusCode::OK,
+        layout(&kw, "Two-step sign-in", Some(&cs.session.username), body),
+    ))
+}
+
+async fn totp_disable(
+    State(kw): State<Keyward>,
+    MaybeSession(cs): MaybeSession,
+    addr: ClientAddr,
+    headers: HeaderMap,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let Some(cs) = cs else {
+        return Ok(to_sign_in(&kw));
+    };
+    let form: crate::mfa::Disable = decode_form(&read_body(req).await?)?;
+    let client = client_info(&kw, addr, &headers);
+    match kw
+        .auth()
+        .disable_totp(
+            cs.session.user_id,
+            &Password::new(form.current_password),
+            form.code.as_deref(),
+            &client,
+        )
+        .await
+    {
+        Ok(()) => Ok(Redirect::to(&kw.path("/account")).into_response()),
+        Err(e) => account_failed(&kw, &cs, e).await,
+    }
 }

@@ -36,6 +36,7 @@ pub(crate) fn api() -> Router<Keyward> {
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
         .merge(crate::account::routes())
+        .merge(crate::mfa::routes())
 }
 
 /// Routes made mountable: keyward's state and the layer, no fallback. (Bodies are read
@@ -157,6 +158,9 @@ pub(crate) struct Registration {
 pub(crate) struct PasswordChange {
     pub(crate) current_password: String,
     pub(crate) new_password: String,
+    /// With TOTP on: a current code (step-up).
+    #[serde(default)]
+    pub(crate) code: Option<String>,
 }
 
 // ------------------------------------------------------------------ cookies
@@ -281,7 +285,7 @@ async fn create_user(
     }
 }
 
-fn session_created(kw: &Keyward, new: &NewSession, status: StatusCode) -> Response {
+pub(crate) fn session_created(kw: &Keyward, new: &NewSession, status: StatusCode) -> Response {
     (
         status,
         signed_in_cookies(kw, new),
@@ -309,16 +313,7 @@ async fn login(
                 value.next.as_deref().or(from.as_deref()),
                 &kw.path("/account"),
             );
-            (
-                StatusCode::SEE_OTHER,
-                signed_in_cookies(&kw, &new),
-                [(
-                    header::LOCATION,
-                    HeaderValue::from_str(&to)
-                        .unwrap_or_else(|_| HeaderValue::from_static("/account")),
-                )],
-            )
-                .into_response()
+            signed_in_redirect(&kw, &new, &to)
         }
         (Err(e), BodyKind::Json) => ApiError::from(e).into_response(),
         (Err(e), BodyKind::Form) => pages::sign_in_failed(
@@ -328,6 +323,19 @@ async fn login(
             ApiError::from(e),
         ),
     }
+}
+
+/// A form sign-in's answer: the cookies, and `303` to `to`.
+pub(crate) fn signed_in_redirect(kw: &Keyward, new: &NewSession, to: &str) -> Response {
+    (
+        StatusCode::SEE_OTHER,
+        signed_in_cookies(kw, new),
+        [(
+            header::LOCATION,
+            HeaderValue::from_str(to).unwrap_or_else(|_| HeaderValue::from_static("/account")),
+        )],
+    )
+        .into_response()
 }
 
 async fn current(State(kw): State<Keyward>, cs: CurrentSession) -> Json<SessionEnvelope> {
@@ -423,6 +431,7 @@ async fn change_password(
             keep,
             &Password::new(body.current_password),
             &Password::new(body.new_password),
+            body.code.as_deref(),
             &client,
         )
         .await?;
@@ -457,6 +466,14 @@ struct Account {
 struct AccountDetails {
     email: Option<String>,
     email_verified: bool,
+    mfa: MfaView,
+}
+
+/// `{"totp","recovery_codes_left"}`
+#[derive(Serialize)]
+pub(crate) struct MfaView {
+    pub(crate) totp: bool,
+    pub(crate) recovery_codes_left: u32,
 }
 
 async fn me(State(kw): State<Keyward>, p: Principal) -> Result<Json<Account>, ApiError> {
@@ -480,12 +497,21 @@ async fn me(State(kw): State<Keyward>, p: Principal) -> Result<Json<Account>, Ap
         }
         Err(e) => return Err(e.into()),
     };
+    let mfa = if user.totp {
+        kw.auth().mfa_state(user.id).await?.recovery_codes_left
+    } else {
+        0
+    };
     Ok(Json(Account {
         id: user.id.to_string(),
         username: user.username,
         details: Some(AccountDetails {
             email: user.email,
             email_verified: user.email_verified,
+            mfa: MfaView {
+                totp: user.totp,
+                recovery_codes_left: mfa,
+            },
         }),
     }))
 }

@@ -1,7 +1,7 @@
 //! The letters keyward writes: what happened, the link, how long it works, and what to do if
 //! it was not you, in plain text and in HTML (a `multipart/alternative` message).
 
-use keyward_core::{Letter, LetterKind};
+use keyward_core::{Letter, TicketKind};
 use lettre::message::{header::ContentType, Mailbox, MultiPart, SinglePart};
 use lettre::{Address, Message};
 use maud::{html, Markup, DOCTYPE};
@@ -14,16 +14,20 @@ pub enum RenderError {
     /// The recipient is not an address lettre accepts.
     #[error("invalid recipient: {0}")]
     Recipient(#[from] lettre::address::AddressError),
+    /// A ticket that is never mailed.
+    #[error("this kind of ticket is never mailed")]
+    NotMailed,
     /// The message could not be built.
     #[error("cannot build the message: {0}")]
     Build(#[from] lettre::error::Error),
 }
 
 /// The page a letter's link opens.
-pub fn link(kind: LetterKind, public_url: &url::Url, token: &str) -> String {
+pub fn link(kind: TicketKind, public_url: &url::Url, token: &str) -> String {
     let page = match kind {
-        LetterKind::VerifyEmail => "verify-email",
-        LetterKind::ResetPassword => "reset-password",
+        TicketKind::VerifyEmail => "verify-email",
+        // The second step of a sign-in is never mailed; a reset is the nearest page.
+        TicketKind::ResetPassword | TicketKind::MfaSignIn => "reset-password",
     };
     format!(
         "{}/{page}?token={token}",
@@ -40,10 +44,11 @@ fn when(t: OffsetDateTime) -> String {
     t.format(&f).unwrap_or_default()
 }
 
-fn lasting(kind: LetterKind) -> &'static str {
+fn lasting(kind: TicketKind) -> &'static str {
     match kind {
-        LetterKind::VerifyEmail => "24 hours",
-        LetterKind::ResetPassword => "30 minutes",
+        TicketKind::VerifyEmail => "24 hours",
+        TicketKind::ResetPassword => "30 minutes",
+        TicketKind::MfaSignIn => "5 minutes",
     }
 }
 
@@ -58,7 +63,7 @@ struct Text {
 
 fn text(letter: &Letter, site: &str) -> Text {
     match letter.kind {
-        LetterKind::VerifyEmail => Text {
+        TicketKind::VerifyEmail => Text {
             subject: format!("Confirm your email address on {site}"),
             intro: format!(
                 "Someone, hopefully you, asked to use this address ({}) for the account \"{}\" on {site}.",
@@ -69,7 +74,7 @@ fn text(letter: &Letter, site: &str) -> Text {
             after: "Once confirmed, password-reset links for the account can be sent here.",
             not_you: "If this was not you, ignore this mail: the address will not be added to any account.",
         },
-        LetterKind::ResetPassword => Text {
+        TicketKind::ResetPassword | TicketKind::MfaSignIn => Text {
             subject: format!("Reset your password on {site}"),
             intro: format!(
                 "Someone asked to reset the password of the account \"{}\" on {site}.",
@@ -110,6 +115,9 @@ pub fn render(
     public_url: &url::Url,
     _now: OffsetDateTime,
 ) -> Result<Vec<u8>, RenderError> {
+    if letter.kind == TicketKind::MfaSignIn {
+        return Err(RenderError::NotMailed);
+    }
     let site = site(public_url);
     let link = link(letter.kind, public_url, letter.token.expose());
     let t = text(letter, &site);
@@ -153,7 +161,7 @@ mod tests {
         let token = SessionToken::generate().unwrap();
         let secret = token.expose().to_owned();
         let letter = Letter {
-            kind: LetterKind::ResetPassword,
+            kind: TicketKind::ResetPassword,
             user_id: UserId::new(),
             username: "alice".into(),
             to: "alice@example.com".into(),
@@ -173,7 +181,7 @@ mod tests {
         // The body's transfer encoding may fold the link; the integration tests read it back
         // with Python's mail parser.
         assert_eq!(
-            link(LetterKind::ResetPassword, &url, &secret),
+            link(TicketKind::ResetPassword, &url, &secret),
             format!("https://auth.example.com/kw/reset-password?token={secret}")
         );
     }

@@ -67,6 +67,9 @@ pub enum SmtpUrlError {
     /// An unknown or misplaced `tls=` value.
     #[error("tls= takes only none, and only with smtp:// (smtps:// is always TLS)")]
     Tls,
+    /// A login without a password, or not UTF-8.
+    #[error("a login is user:password@, percent-encoded UTF-8")]
+    Login,
     /// A query parameter keyward does not know.
     #[error("unknown parameter {0:?}: the only one is tls=none")]
     Parameter(String),
@@ -102,13 +105,21 @@ impl FromStr for SmtpUrl {
             Security::None => 25,
         });
         let decode = |s: &str| {
-            url::form_urlencoded::parse(format!("x={s}").as_bytes())
-                .next()
-                .map(|(_, v)| v.into_owned())
-                .unwrap_or_default()
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .map(|v| v.into_owned())
+                .map_err(|_| SmtpUrlError::Login)
         };
-        let user = (!url.username().is_empty()).then(|| decode(url.username()));
-        let password = url.password().map(|p| SecretString::from(decode(p)));
+        let user = (!url.username().is_empty())
+            .then(|| decode(url.username()))
+            .transpose()?;
+        let password = url
+            .password()
+            .map(|p| decode(p).map(SecretString::from))
+            .transpose()?;
+        if user.is_some() != password.is_some() {
+            return Err(SmtpUrlError::Login);
+        }
         Ok(Self {
             security,
             host,
@@ -176,8 +187,10 @@ impl fmt::Debug for Mailer {
     }
 }
 
-/// How long one SMTP conversation may take.
+/// How long connecting may take.
 const SMTP_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long one whole SMTP conversation may take (well within a claim's lease).
+const CONVERSATION: Duration = Duration::from_secs(45);
 
 impl Mailer {
     /// A mailer for `url`, sending as `from`. Connects to nothing yet.
@@ -217,8 +230,12 @@ impl Mailer {
 
     /// Connect, greet, secure and log in as a delivery would, and report what was found
     /// (logged at start; never fatal: the outbox waits for the server).
-    pub async fn check(&self) -> Result<(), lettre::transport::smtp::Error> {
-        self.transport.test_connection().await.map(|_| ())
+    pub async fn check(&self) -> Result<(), String> {
+        match tokio::time::timeout(CONVERSATION, self.transport.test_connection()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {CONVERSATION:?}")),
+        }
     }
 
     /// The server, password redacted.
@@ -231,12 +248,32 @@ impl Mailer {
             .map_err(|e| Failure::Permanent(format!("invalid recipient: {e}")))?;
         let envelope = Envelope::new(Some(self.from.email.clone()), vec![to])
             .map_err(|e| Failure::Permanent(format!("invalid envelope: {e}")))?;
-        match self.transport.send_raw(&envelope, &mail.message).await {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_permanent() => Err(Failure::Permanent(e.to_string())),
-            Err(e) => Err(Failure::Transient(e.to_string())),
+        let sent = tokio::time::timeout(
+            CONVERSATION,
+            self.transport.send_raw(&envelope, &mail.message),
+        )
+        .await;
+        match sent {
+            Ok(Ok(_)) => Ok(()),
+            // Refused for this mail (no such mailbox, policy, size): retrying will not help.
+            // A refused login, a server that is full or misconfigured, any 4xx: it may.
+            Ok(Err(e)) if refused_for_good(&e) => Err(Failure::Permanent(e.to_string())),
+            Ok(Err(e)) => Err(Failure::Transient(e.to_string())),
+            Err(_) => Err(Failure::Transient(format!(
+                "the SMTP server did not finish within {CONVERSATION:?}"
+            ))),
         }
     }
+}
+
+/// Whether the server refused this mail itself (RFC 5321's 550–553, 554 at the
+/// transaction), as opposed to refusing the login or being unwell.
+fn refused_for_good(e: &lettre::transport::smtp::Error) -> bool {
+    e.is_permanent()
+        && e.status().is_some_and(|c| {
+            let code = c.to_string();
+            matches!(code.as_str(), "550" | "551" | "552" | "553" | "554")
+        })
 }
 
 enum Failure {
@@ -312,8 +349,8 @@ pub struct Courier {
 
 /// How long a claim holds a mail: longer than any SMTP conversation.
 const LEASE: time::Duration = time::Duration::minutes(2);
-/// Mails claimed at once.
-const BATCH: u32 = 16;
+/// Mails claimed at once: one, so that each mail's lease covers its own delivery alone.
+const BATCH: u32 = 1;
 /// How long sent and parked mails stay listed.
 const KEEP_DONE: time::Duration = time::Duration::days(30);
 /// How often they are purged.
@@ -428,10 +465,13 @@ mod tests {
     fn smtp_urls_say_how_they_are_secured() {
         let u: SmtpUrl = "smtp://mail.example.com".parse().unwrap();
         assert_eq!((u.security, u.port), (Security::StartTls, 587));
-        let u: SmtpUrl = "smtps://app:p%40ss@mail.example.com".parse().unwrap();
+        let u: SmtpUrl = "smtps://app:p%40ss+w@mail.example.com".parse().unwrap();
         assert_eq!((u.security, u.port), (Security::Implicit, 465));
         assert_eq!(u.user.as_deref(), Some("app"));
-        assert_eq!(u.password.as_ref().map(|p| p.expose_secret()), Some("p@ss"));
+        assert_eq!(
+            u.password.as_ref().map(|p| p.expose_secret()),
+            Some("p@ss+w")
+        );
         let u: SmtpUrl = "smtp://127.0.0.1:2525?tls=none".parse().unwrap();
         assert_eq!((u.security, u.port), (Security::None, 2525));
         assert_eq!(u.to_string(), "smtp://127.0.0.1:2525?tls=none");
@@ -444,6 +484,7 @@ mod tests {
             ("http://mail.example.com", SmtpUrlError::Scheme),
             ("smtps://mail.example.com?tls=none", SmtpUrlError::Tls),
             ("smtp://mail.example.com?tls=maybe", SmtpUrlError::Tls),
+            ("smtp://app@mail.example.com", SmtpUrlError::Login),
             (
                 "smtp://mail.example.com?auth=plain",
                 SmtpUrlError::Parameter("auth".into()),

@@ -9,6 +9,7 @@ mod copy;
 mod failures;
 mod feed;
 mod mail;
+mod mfa;
 mod readers;
 mod rows;
 mod sessions;

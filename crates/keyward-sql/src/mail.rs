@@ -1,12 +1,12 @@
 //! [`TicketStore`] and [`Outbox`] on SQL: mailed links' tickets and the durable outbox.
 
 use crate::rows::{summary_cols, ticket_cols, OutboundRow, SummaryRow, TicketRow};
-use crate::store::{on, Dialect, SqlStore};
+use crate::store::{lock_id, on, Dialect, SqlStore};
 use crate::store_error;
 use async_trait::async_trait;
 use keyward_core::clock::to_unix_ms;
 use keyward_core::{
-    LetterKind, MailSummary, OutboundMail, Outbox, StoreResult, Ticket, TicketStore, TokenHash,
+    MailSummary, OutboundMail, Outbox, StoreResult, Ticket, TicketKind, TicketStore, TokenHash,
     UserId,
 };
 use time::OffsetDateTime;
@@ -65,13 +65,18 @@ const ERROR_MAX: usize = 500;
 #[async_trait]
 impl TicketStore for SqlStore {
     async fn issue_ticket(&self, ticket: &Ticket) -> StoreResult<()> {
+        // One user's issues run one at a time: of two concurrent requests, the later ends the
+        // earlier's ticket (PostgreSQL would otherwise let both inserts stand).
+        let lock = lock_id(&format!("tickets:{}", ticket.user_id));
         on!(self, |p| async {
-            let mut tx = p.begin().await?;
-            sqlx::query(END_TICKETS)
-                .bind(ticket.user_id.to_string())
-                .bind(ticket.kind.as_str())
-                .execute(&mut *tx)
-                .await?;
+            let mut tx = D::begin_serial(p, lock).await?;
+            if ticket.kind.newest_only() {
+                sqlx::query(END_TICKETS)
+                    .bind(ticket.user_id.to_string())
+                    .bind(ticket.kind.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
             sqlx::query(INSERT_TICKET)
                 .bind(ticket.hash.as_bytes().as_slice())
                 .bind(ticket.kind.as_str())
@@ -90,7 +95,7 @@ impl TicketStore for SqlStore {
     async fn find_ticket(
         &self,
         hash: &TokenHash,
-        kind: LetterKind,
+        kind: TicketKind,
         now: OffsetDateTime,
     ) -> StoreResult<Option<Ticket>> {
         let row: Option<TicketRow> = on!(self, |p| sqlx::query_as(FIND_TICKET)
@@ -106,7 +111,7 @@ impl TicketStore for SqlStore {
     async fn redeem_ticket(
         &self,
         hash: &TokenHash,
-        kind: LetterKind,
+        kind: TicketKind,
         now: OffsetDateTime,
     ) -> StoreResult<Option<Ticket>> {
         let row: Option<TicketRow> = on!(self, |p| sqlx::query_as(REDEEM_TICKET)
@@ -122,7 +127,7 @@ impl TicketStore for SqlStore {
             .filter(|t| t.expires_at > now))
     }
 
-    async fn end_tickets(&self, user: UserId, kind: LetterKind) -> StoreResult<u64> {
+    async fn end_tickets(&self, user: UserId, kind: TicketKind) -> StoreResult<u64> {
         on!(self, |p| sqlx::query(END_TICKETS)
             .bind(user.to_string())
             .bind(kind.as_str())

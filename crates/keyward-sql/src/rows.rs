@@ -3,8 +3,8 @@
 
 use keyward_core::clock::from_unix_ms;
 use keyward_core::{
-    LetterKind, MailState, MailSummary, OutboundMail, RefreshFamily, SessionId, SessionRecord,
-    StoreError, StoredKey, Ticket, TokenHash, UserId, UserRecord,
+    MailState, MailSummary, OutboundMail, RefreshFamily, SessionId, SessionRecord, StoreError,
+    StoredKey, Ticket, TicketKind, TokenHash, UserId, UserRecord,
 };
 
 /// The columns of `sessions`, in the order of [`SessionRow`].
@@ -18,7 +18,7 @@ pub(crate) use session_cols;
 /// The columns of `users`.
 macro_rules! user_cols {
     () => {
-        "id, username, password_hash, created_at, locked, email, email_verified"
+        "id, username, password_hash, created_at, locked, email, email_verified, totp_secret IS NOT NULL AS totp"
     };
 }
 pub(crate) use user_cols;
@@ -75,6 +75,7 @@ pub(crate) struct UserRow {
     locked: bool,
     email: Option<String>,
     email_verified: bool,
+    totp: bool,
 }
 
 impl TryFrom<UserRow> for UserRecord {
@@ -88,6 +89,7 @@ impl TryFrom<UserRow> for UserRecord {
             locked: r.locked,
             email: r.email,
             email_verified: r.email_verified,
+            totp: r.totp,
         })
     }
 }
@@ -169,7 +171,7 @@ impl TryFrom<TicketRow> for Ticket {
         Ok(Ticket {
             hash: TokenHash::from_slice(&r.token_hash)
                 .ok_or_else(|| corrupt("ticket hash length"))?,
-            kind: LetterKind::parse(&r.kind).ok_or_else(|| corrupt("ticket kind"))?,
+            kind: TicketKind::parse(&r.kind).ok_or_else(|| corrupt("ticket kind"))?,
             user_id: UserId::parse(&r.user_id).ok_or_else(|| corrupt("user id"))?,
             email: r.email,
             created_at: from_unix_ms(r.created_at),

@@ -167,6 +167,9 @@ impl SqlStore {
                 SqliteJournalMode::Wal
             })
             .synchronous(SqliteSynchronous::Normal)
+            // Deleted content (a delivered mail's link, an ended session) is overwritten, not
+            // left readable in free pages.
+            .pragma("secure_delete", "ON")
             .busy_timeout(Duration::from_secs(5));
         let path = sqlite.get_filename().to_path_buf();
         if !memory {

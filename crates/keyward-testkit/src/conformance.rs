@@ -257,6 +257,7 @@ fn user(name: &str) -> UserRecord {
         locked: false,
         email: None,
         email_verified: false,
+        totp: false,
     }
 }
 
@@ -873,7 +874,7 @@ pub async fn failure_log(log: &dyn keyward_core::FailureLog) {
 
 // ------------------------------------------------------------------ email, tickets, outbox
 
-use keyward_core::{LetterKind, MailState, OutboundMail, Outbox, Ticket, TicketStore};
+use keyward_core::{MailState, OutboundMail, Outbox, Ticket, TicketKind, TicketStore};
 
 /// Addresses: stored as given, found for a reset only once verified (ignoring case), and a
 /// verified address belongs to one account.
@@ -919,12 +920,12 @@ pub async fn emails_and_their_verification(s: &dyn UserStore) {
     assert_eq!(s.user_by_email("alice@example.com").await.unwrap(), None);
 }
 
-fn ticket(user: UserId, kind: LetterKind, at: OffsetDateTime) -> Ticket {
+fn ticket(user: UserId, kind: TicketKind, at: OffsetDateTime) -> Ticket {
     Ticket {
         hash: SessionToken::generate().unwrap().hash(),
         kind,
         user_id: user,
-        email: (kind == LetterKind::VerifyEmail).then(|| "alice@example.com".to_owned()),
+        email: (kind == TicketKind::VerifyEmail).then(|| "alice@example.com".to_owned()),
         created_at: at,
         expires_at: at + kind.valid_for(),
     }
@@ -934,7 +935,7 @@ fn ticket(user: UserId, kind: LetterKind, at: OffsetDateTime) -> Ticket {
 /// their expiry, and of concurrent uses exactly one wins.
 pub async fn tickets_are_single_use(s: Arc<dyn TicketStore>) {
     let (user, now) = (UserId::new(), t0());
-    let reset = LetterKind::ResetPassword;
+    let reset = TicketKind::ResetPassword;
     let first = ticket(user, reset, now);
     s.issue_ticket(&first).await.unwrap();
     assert_eq!(
@@ -942,12 +943,12 @@ pub async fn tickets_are_single_use(s: Arc<dyn TicketStore>) {
         Some(first.clone())
     );
     assert_eq!(
-        s.find_ticket(&first.hash, LetterKind::VerifyEmail, now)
+        s.find_ticket(&first.hash, TicketKind::VerifyEmail, now)
             .await
             .unwrap(),
         None
     );
-    let verify = ticket(user, LetterKind::VerifyEmail, now);
+    let verify = ticket(user, TicketKind::VerifyEmail, now);
     s.issue_ticket(&verify).await.unwrap();
     // A newer reset ends the older one, not the verification.
     let second = ticket(user, reset, now);
@@ -968,13 +969,13 @@ pub async fn tickets_are_single_use(s: Arc<dyn TicketStore>) {
     // Expired: neither found nor usable.
     let late = verify.expires_at;
     assert_eq!(
-        s.find_ticket(&verify.hash, LetterKind::VerifyEmail, late)
+        s.find_ticket(&verify.hash, TicketKind::VerifyEmail, late)
             .await
             .unwrap(),
         None
     );
     assert_eq!(
-        s.redeem_ticket(&verify.hash, LetterKind::VerifyEmail, late)
+        s.redeem_ticket(&verify.hash, TicketKind::VerifyEmail, late)
             .await
             .unwrap(),
         None
@@ -993,15 +994,31 @@ pub async fn tickets_are_single_use(s: Arc<dyn TicketStore>) {
         won += usize::from(t.await.unwrap().is_some());
     }
     assert_eq!(won, 1);
+    // Sign-in tickets do not end each other (two devices signing in at once).
+    let one = ticket(user, TicketKind::MfaSignIn, now);
+    let two = ticket(user, TicketKind::MfaSignIn, now);
+    s.issue_ticket(&one).await.unwrap();
+    s.issue_ticket(&two).await.unwrap();
+    assert!(s
+        .find_ticket(&one.hash, TicketKind::MfaSignIn, now)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(s
+        .find_ticket(&two.hash, TicketKind::MfaSignIn, now)
+        .await
+        .unwrap()
+        .is_some());
     // Ending and purging.
     let a = ticket(user, reset, now);
     s.issue_ticket(&a).await.unwrap();
     assert_eq!(s.end_tickets(user, reset).await.unwrap(), 1);
     assert_eq!(s.find_ticket(&a.hash, reset, now).await.unwrap(), None);
-    let old = ticket(UserId::new(), LetterKind::VerifyEmail, now);
+    let old = ticket(UserId::new(), TicketKind::VerifyEmail, now);
     s.issue_ticket(&old).await.unwrap();
     assert_eq!(s.purge_tickets(now).await.unwrap(), 0);
-    assert_eq!(s.purge_tickets(old.expires_at).await.unwrap(), 1);
+    // The two sign-in tickets (5 minutes) and this one (a day).
+    assert_eq!(s.purge_tickets(old.expires_at).await.unwrap(), 3);
 }
 
 fn mail(i: u32, at: OffsetDateTime) -> OutboundMail {
@@ -1103,6 +1120,71 @@ pub async fn outbox_claims_each_mail_once(s: Arc<dyn Outbox>) {
     assert_eq!(s.list_mail(100).await.unwrap().len(), 18);
 }
 
+/// Second factors: enrolment turns on only the secret that was pending, a step is accepted
+/// once and only past the last one (the compare-and-set behind replay refusal), recovery codes
+/// work once, and turning TOTP off drops them.
+pub async fn second_factors<S: UserStore + keyward_core::MfaStore + ?Sized>(s: &S) {
+    let alice = user("alice");
+    s.create_user(&alice).await.unwrap();
+    let empty = s.mfa(alice.id).await.unwrap();
+    assert_eq!(empty, keyward_core::MfaRecord::default());
+    assert!(s.set_pending_totp(alice.id, b"sealed-1").await.unwrap());
+    assert!(!s
+        .set_pending_totp(UserId::new(), b"sealed-1")
+        .await
+        .unwrap());
+    let codes: Vec<TokenHash> = (0..3)
+        .map(|_| SessionToken::generate().unwrap().hash())
+        .collect();
+    assert!(!s
+        .enable_totp(alice.id, b"sealed-0", 7, &codes)
+        .await
+        .unwrap());
+    assert!(!s.user_by_id(alice.id).await.unwrap().unwrap().totp);
+    assert!(s
+        .enable_totp(alice.id, b"sealed-1", 7, &codes)
+        .await
+        .unwrap());
+    assert!(s.user_by_id(alice.id).await.unwrap().unwrap().totp);
+    let on = s.mfa(alice.id).await.unwrap();
+    assert_eq!(on.totp.as_deref(), Some(b"sealed-1".as_slice()));
+    assert_eq!(
+        (on.pending, on.last_step, on.recovery_codes_left),
+        (None, Some(7), 3)
+    );
+    assert!(!s.use_totp_step(alice.id, 7).await.unwrap());
+    assert!(!s.use_totp_step(alice.id, 6).await.unwrap());
+    assert!(s.use_totp_step(alice.id, 8).await.unwrap());
+    assert!(!s.use_totp_step(alice.id, 8).await.unwrap());
+    assert!(s
+        .use_recovery_code(alice.id, &codes[1], t0())
+        .await
+        .unwrap());
+    assert!(!s
+        .use_recovery_code(alice.id, &codes[1], t0())
+        .await
+        .unwrap());
+    assert!(!s
+        .use_recovery_code(UserId::new(), &codes[0], t0())
+        .await
+        .unwrap());
+    assert_eq!(s.mfa(alice.id).await.unwrap().recovery_codes_left, 2);
+    assert!(s.disable_totp(alice.id).await.unwrap());
+    assert!(!s.disable_totp(alice.id).await.unwrap());
+    assert_eq!(
+        s.mfa(alice.id).await.unwrap(),
+        keyward_core::MfaRecord::default()
+    );
+    assert!(
+        !s.use_totp_step(alice.id, 9).await.unwrap(),
+        "off: no step is accepted"
+    );
+    assert!(!s
+        .use_recovery_code(alice.id, &codes[0], t0())
+        .await
+        .unwrap());
+}
+
 /// Generate the email, ticket and outbox conformance tests for a database. `$make` returns a
 /// fixture whose store is all three.
 #[macro_export]
@@ -1119,6 +1201,11 @@ macro_rules! mail_store_conformance {
             async fn tickets_are_single_use() {
                 let f = $make().await;
                 c::tickets_are_single_use(f.store.clone()).await
+            }
+            #[tokio::test]
+            async fn second_factors() {
+                let f = $make().await;
+                c::second_factors(&*f.store).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn outbox_claims_each_mail_once() {

@@ -151,6 +151,17 @@ impl Kek {
     }
 }
 
+/// The KEK seals TOTP secrets too, bound to their own context (`totp:<user>`; a `kid` is
+/// base64url and never looks like one).
+impl keyward_core::Sealer for Kek {
+    fn seal(&self, context: &str, plain: &[u8]) -> Result<Vec<u8>, keyward_core::mfa::SealError> {
+        Kek::seal(self, context, plain).map_err(|_| keyward_core::mfa::SealError)
+    }
+    fn open(&self, context: &str, sealed: &[u8]) -> Result<Vec<u8>, keyward_core::mfa::SealError> {
+        Kek::open(self, context, sealed).map_err(|_| keyward_core::mfa::SealError)
+    }
+}
+
 /// A fresh key id: 128 random bits, base64url.
 fn new_kid() -> Result<String, KeyError> {
     let mut b = [0u8; 16];

@@ -98,6 +98,9 @@ pub enum TokenError {
     /// There is no key to sign with.
     #[error("no signing key")]
     NoSigningKey,
+    /// The account has a second factor, which the password grant cannot ask for.
+    #[error("this account signs in with a second factor, which the password grant cannot give; sign in with POST /v1/sessions")]
+    SecondFactorRequired,
     /// Anything else from the auth service.
     #[error(transparent)]
     Auth(AuthError),
@@ -337,6 +340,9 @@ impl TokenService {
             .auth
             .check_credentials(username, password, &ClientInfo::at(ip))
             .await?;
+        if user.totp {
+            return Err(TokenError::SecondFactorRequired);
+        }
         let now = self.now();
         let family = RefreshFamily {
             id: SessionId::new_in(user.id.shard()),

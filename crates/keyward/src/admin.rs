@@ -42,6 +42,12 @@ pub enum UsersCommand {
         /// Username.
         name: String,
     },
+    /// Turn off the second factor (TOTP and its recovery codes) of a user who lost the
+    /// device; the next sign-in asks for the password alone.
+    ResetMfa {
+        /// Username.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -66,14 +72,24 @@ pub enum SessionsCommand {
 async fn service(settings: &Settings) -> anyhow::Result<AuthService> {
     let stores = stores::open(&settings.stores).await?;
     let hasher = PasswordHasher::new(Some(1)).context("starting the password hasher")?;
-    Ok(AuthService::new(
+    let auth = AuthService::new(
         stores.users,
         stores.sessions,
         hasher,
         Arc::new(SystemClock),
         settings.auth.clone(),
     )
-    .with_token_store(stores.tokens))
+    .with_token_store(stores.tokens);
+    // Second factors need the KEK that seals them; without one (PostgreSQL and no
+    // --key-encryption-key), the commands that do not touch them still work.
+    Ok(match stores::key_encryption_key(&settings.stores) {
+        Ok(kek) => auth.with_mfa(
+            stores.mfa,
+            Arc::new(kek),
+            settings.http.public_url.host_str().unwrap_or("keyward"),
+        ),
+        Err(_) => auth,
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -206,7 +222,7 @@ fn ts(t: OffsetDateTime) -> String {
 }
 
 fn user_json(u: &UserRecord) -> serde_json::Value {
-    json!({"id": u.id.to_string(), "username": u.username, "created_at": ts(u.created_at), "locked": u.locked, "email": u.email, "email_verified": u.email_verified})
+    json!({"id": u.id.to_string(), "username": u.username, "created_at": ts(u.created_at), "locked": u.locked, "email": u.email, "email_verified": u.email_verified, "totp": u.totp})
 }
 
 fn print_table(header: &[&str], rows: &[Vec<String>]) {
@@ -305,6 +321,17 @@ pub async fn users(cmd: UsersCommand, settings: &Settings, json: bool) -> anyhow
                 println!("{}", json!({"deleted": user_json(&user)}));
             } else {
                 println!("deleted user {} ({})", user.username, user.id);
+            }
+        }
+        UsersCommand::ResetMfa { name } => {
+            let user = auth.reset_mfa(&name).await.map_err(|e| explain(e, &name))?;
+            if json {
+                println!("{}", json!({"mfa_reset": user_json(&user)}));
+            } else {
+                println!(
+                    "second factor of {} turned off; the next sign-in asks for the password alone",
+                    user.username
+                );
             }
         }
     }

@@ -98,7 +98,13 @@ impl Application {
         )
         .with_token_store(stores.tokens.clone())
         // Device cookies verify on every node that shares the KEK, and across restarts.
-        .with_device_key(DeviceKey::new(kek.derive(b"keyward device cookies v1")));
+        .with_device_key(DeviceKey::new(kek.derive(b"keyward device cookies v1")))
+        // TOTP secrets are sealed under the KEK too; apps show the public URL's host.
+        .with_mfa(
+            stores.mfa.clone(),
+            Arc::new(kek.clone()),
+            settings.http.public_url.host_str().unwrap_or("keyward"),
+        );
         if let Some(log) = stores.failure_log.clone() {
             // Beside shared sessions, failed logins are counted fleet-wide.
             auth = auth.with_failure_log(log);
@@ -187,7 +193,7 @@ impl Application {
                 // What the server says, logged once; a server that is down is waited for.
                 match courier.mailer().check().await {
                     Ok(()) => tracing::info!(smtp = %courier.mailer().url(), "the SMTP server answers"),
-                    Err(e) => tracing::warn!(smtp = %courier.mailer().url(), error = %e, "the SMTP server cannot be used yet; mail waits in the outbox"),
+                    Err(error) => tracing::warn!(smtp = %courier.mailer().url(), %error, "the SMTP server cannot be used yet; mail waits in the outbox"),
                 }
                 courier.run().await
             })

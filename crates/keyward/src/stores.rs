@@ -3,8 +3,8 @@
 use crate::config::{ConfigError, StoreSettings};
 use keyward_core::feed::ChangeFeed;
 use keyward_core::{
-    DynFailureLog, DynKeyStore, DynOutbox, DynSessionStore, DynTicketStore, DynTokenStore,
-    DynUserStore, MemorySessionStore,
+    DynFailureLog, DynKeyStore, DynMfaStore, DynOutbox, DynSessionStore, DynTicketStore,
+    DynTokenStore, DynUserStore, MemorySessionStore,
 };
 use keyward_core::{Engine, StoreUrl};
 use keyward_redis::feed::RedisFeed;
@@ -28,6 +28,8 @@ pub struct Stores {
     pub tickets: DynTicketStore,
     /// The mail outbox: in the database.
     pub outbox: DynOutbox,
+    /// Second factors: in the database.
+    pub mfa: DynMfaStore,
     /// Where failed logins are counted when other processes share it (the session store's
     /// PostgreSQL, SQLite file or Redis); else each process counts its own.
     pub failure_log: Option<DynFailureLog>,
@@ -152,7 +154,8 @@ pub async fn open(settings: &StoreSettings) -> Result<Stores, OpenFailure> {
         tokens,
         keys: db.clone(),
         tickets: db.clone(),
-        outbox: db,
+        outbox: db.clone(),
+        mfa: db,
         failure_log,
     })
 }

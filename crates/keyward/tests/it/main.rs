@@ -18,6 +18,7 @@ mod fleet;
 mod forward_auth;
 mod hardening;
 mod mail;
+mod mfa;
 mod outage;
 mod process;
 mod redis;
