@@ -137,6 +137,7 @@ fn synthetic(now: time::OffsetDateTime, i: u64) -> (SessionToken, SessionRecord)
         expires_at: now + time::Duration::days(7),
         ip: Some("192.0.2.1".into()),
         user_agent: Some("keyward-scale/1 (synthetic session)".into()),
+        amr: keyward_core::Amr::PWD,
     };
     (token, s)
 }

@@ -10,7 +10,7 @@ use crate::password::{self, HashError, PasswordHasher, PolicyError, PASSWORD_MAX
 use crate::recovery::{DynTicketStore, Mail};
 use crate::secret::{Password, SessionToken, TokenHash};
 use crate::store::{
-    DynSessionStore, DynTokenStore, DynUserStore, SessionRecord, StoreError, UserRecord,
+    Amr, DynSessionStore, DynTokenStore, DynUserStore, SessionRecord, StoreError, UserRecord,
 };
 use crate::throttle::{DynFailureLog, MemoryFailureLog, Refused, Throttle, ThrottleConfig};
 use std::net::IpAddr;
@@ -428,7 +428,7 @@ impl AuthService {
             tracing::info!(target: AUDIT, event = "mfa_required", user_id = %user.id, ip = %show_ip(client.ip));
             return Err(AuthError::MfaRequired(token));
         }
-        self.signed_in(&user, client).await
+        self.signed_in(&user, client, Amr::PWD).await
     }
 
     /// Every factor passed: a new session, the presented one ended, a new device cookie.
@@ -436,8 +436,9 @@ impl AuthService {
         &self,
         user: &UserRecord,
         client: &ClientInfo,
+        amr: Amr,
     ) -> AuthResult<NewSession> {
-        let mut new = self.open_session(user, client).await?;
+        let mut new = self.open_session(user, client, amr).await?;
         if let Some(presented) = client.session.filter(|h| *h != new.session.token_hash) {
             if let Some(old) = self.sessions.delete(&presented).await? {
                 metrics::counter!("keyward_sessions_revoked_total", "reason" => "replaced")
@@ -517,7 +518,12 @@ impl AuthService {
         Ok(user)
     }
 
-    async fn open_session(&self, user: &UserRecord, client: &ClientInfo) -> AuthResult<NewSession> {
+    async fn open_session(
+        &self,
+        user: &UserRecord,
+        client: &ClientInfo,
+        amr: Amr,
+    ) -> AuthResult<NewSession> {
         let token = SessionToken::generate_in(user.id.shard()).map_err(AuthError::Random)?;
         let now = self.clock.now();
         let session = SessionRecord {
@@ -530,6 +536,7 @@ impl AuthService {
             expires_at: now + self.config.absolute_timeout,
             ip: client.ip.map(|ip| ip.to_string()),
             user_agent: client.user_agent.as_deref().map(truncate_user_agent),
+            amr,
         };
         self.sessions.create(&session).await?;
         // A password change, lock or delete that ran while this login was being checked must

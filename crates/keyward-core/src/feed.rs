@@ -9,7 +9,7 @@
 use crate::clock::{from_unix_ms, to_unix_ms};
 use crate::ids::{SessionId, UserId};
 use crate::secret::TokenHash;
-use crate::store::{SessionRecord, StoreResult};
+use crate::store::{Amr, SessionRecord, StoreResult};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -32,6 +32,8 @@ pub struct ReplicaSession {
     pub last_seen_at: OffsetDateTime,
     /// Absolute expiry.
     pub expires_at: OffsetDateTime,
+    /// How the owner authenticated.
+    pub amr: Amr,
 }
 
 impl From<&SessionRecord> for ReplicaSession {
@@ -44,6 +46,7 @@ impl From<&SessionRecord> for ReplicaSession {
             created_at: s.created_at,
             last_seen_at: s.last_seen_at,
             expires_at: s.expires_at,
+            amr: s.amr,
         }
     }
 }
@@ -60,6 +63,7 @@ impl From<ReplicaSession> for SessionRecord {
             expires_at: r.expires_at,
             ip: None,
             user_agent: None,
+            amr: r.amr,
         }
     }
 }
@@ -67,7 +71,7 @@ impl From<ReplicaSession> for SessionRecord {
 /// One change, as the feed carries it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FeedEvent {
-    /// A session was created (`c <hash> {"i","u","n","c","l","e"}`).
+    /// A session was created (`c <hash> {"i","u","n","c","l","e","a"}`).
     Created(ReplicaSession),
     /// A session was used (`t <hash> <last seen, ms>`).
     Touched {
@@ -112,6 +116,13 @@ struct Fields {
     c: i64,
     l: i64,
     e: i64,
+    /// `amr` bits; absent from the events of a version before it (the password alone).
+    #[serde(default = "password_alone")]
+    a: u8,
+}
+
+fn password_alone() -> u8 {
+    Amr::PWD.bits()
 }
 
 /// Lower-case hex of a token hash, as keys and the feed carry it.
@@ -145,6 +156,7 @@ impl FeedEvent {
                     c: to_unix_ms(s.created_at),
                     l: to_unix_ms(s.last_seen_at),
                     e: to_unix_ms(s.expires_at),
+                    a: s.amr.bits(),
                 };
                 let json = serde_json::to_string(&fields).unwrap_or_default();
                 format!("c {} {json}", s.token_hash.to_hex())
@@ -175,6 +187,7 @@ impl FeedEvent {
                     created_at: from_unix_ms(f.c),
                     last_seen_at: from_unix_ms(f.l),
                     expires_at: from_unix_ms(f.e),
+                    amr: Amr::from_bits(f.a),
                 }))
             }
             "t" => {
@@ -301,6 +314,7 @@ mod tests {
             created_at: from_unix_ms(1_800_000_000_123),
             last_seen_at: from_unix_ms(1_800_000_060_000),
             expires_at: from_unix_ms(1_800_604_800_123),
+            amr: crate::Amr::PWD_OTP,
         }
     }
 
@@ -340,12 +354,19 @@ mod tests {
         let s = session();
         // cjson orders keys as it likes; json_build_object as asked; both with numbers.
         let text = format!(
-            "c {} {{\"e\":1800604800123,\"n\":\"ada lovelace\",\"u\":\"{}\",\"i\":\"{}\",\"l\":1800000060000,\"c\":1800000000123}}",
+            "c {} {{\"e\":1800604800123,\"n\":\"ada lovelace\",\"u\":\"{}\",\"i\":\"{}\",\"l\":1800000060000,\"c\":1800000000123,\"a\":3}}",
             s.token_hash.to_hex(),
             s.user_id,
             s.id
         );
-        assert_eq!(FeedEvent::parse(&text), Some(FeedEvent::Created(s)));
+        assert_eq!(FeedEvent::parse(&text), Some(FeedEvent::Created(s.clone())));
+        // An event of a version before amr: the password alone.
+        let old = text.replace(",\"a\":3", "");
+        let pwd = ReplicaSession {
+            amr: crate::Amr::PWD,
+            ..s
+        };
+        assert_eq!(FeedEvent::parse(&old), Some(FeedEvent::Created(pwd)));
         for bad in [
             "",
             "c",

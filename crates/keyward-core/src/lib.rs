@@ -35,7 +35,7 @@ pub use password::PasswordHasher;
 pub use recovery::{DynTicketStore, ResetFor, Ticket, TicketStore};
 pub use secret::{Password, SessionToken, TokenHash};
 pub use store::{
-    DynKeyStore, DynSessionStore, DynTokenStore, DynUserStore, KeyStore, RefreshFamily,
+    Amr, DynKeyStore, DynSessionStore, DynTokenStore, DynUserStore, KeyStore, RefreshFamily,
     RotateOutcome, SessionRecord, SessionStore, StoreError, StoreResult, StoredKey, TokenStore,
     UserRecord, UserStore,
 };

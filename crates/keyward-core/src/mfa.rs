@@ -410,6 +410,7 @@ impl AuthService {
         }
         attempt.succeeded().await;
         tracing::info!(target: AUDIT, event = "mfa_ok", user_id = %user.id, factor, ip = %show_ip(client.ip));
-        self.signed_in(&user, client).await
+        self.signed_in(&user, client, crate::store::Amr::PWD_OTP)
+            .await
     }
 }

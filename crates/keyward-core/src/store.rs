@@ -27,6 +27,47 @@ pub enum StoreError {
 /// Result of store operations.
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// How a session's owner authenticated (RFC 8176 `amr` values): the password, and a
+/// one-time code (TOTP or a recovery code) when the account has a second factor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Amr(u8);
+
+impl Amr {
+    /// The password alone.
+    pub const PWD: Amr = Amr(1);
+    /// The password and a one-time code.
+    pub const PWD_OTP: Amr = Amr(3);
+
+    /// The stored form.
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// From the stored form; what this version does not know reads as the password alone.
+    pub fn from_bits(bits: u8) -> Self {
+        if bits & 2 != 0 {
+            Self::PWD_OTP
+        } else {
+            Self::PWD
+        }
+    }
+
+    /// The RFC 8176 method names: `["pwd"]` or `["pwd", "otp"]`.
+    pub fn methods(self) -> &'static [&'static str] {
+        if self.0 & 2 != 0 {
+            &["pwd", "otp"]
+        } else {
+            &["pwd"]
+        }
+    }
+}
+
+impl Default for Amr {
+    fn default() -> Self {
+        Self::PWD
+    }
+}
+
 /// A session as stored: everything needed to answer a validated request in one look-up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {
@@ -48,6 +89,9 @@ pub struct SessionRecord {
     pub ip: Option<String>,
     /// Client user agent at login (truncated).
     pub user_agent: Option<String>,
+    /// How the owner authenticated. A session is made only by an authentication, so its
+    /// `created_at` is the `auth_time`.
+    pub amr: Amr,
 }
 
 impl SessionRecord {

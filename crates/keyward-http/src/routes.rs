@@ -97,6 +97,11 @@ pub(crate) struct SessionView {
     created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     expires_at: OffsetDateTime,
+    /// When the owner authenticated (a session is made only by an authentication).
+    #[serde(with = "time::serde::rfc3339")]
+    auth_time: OffsetDateTime,
+    /// How (RFC 8176): `["pwd"]` or `["pwd","otp"]`.
+    amr: &'static [&'static str],
 }
 
 #[derive(Serialize)]
@@ -116,6 +121,8 @@ impl SessionEnvelope {
                 id: s.id.to_string(),
                 created_at: s.created_at,
                 expires_at: kw.auth().valid_until(s),
+                auth_time: s.created_at,
+                amr: s.amr.methods(),
             },
         }
     }

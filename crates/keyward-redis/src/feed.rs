@@ -19,7 +19,7 @@ use keyward_core::clock::from_unix_ms;
 use keyward_core::feed::{
     ChangeFeed, Denials, FeedEvent, FeedMessage, LoadSink, Near, ReplicaSession,
 };
-use keyward_core::{SessionId, SessionRecord, StoreError, StoreResult, TokenHash, UserId};
+use keyward_core::{Amr, SessionId, SessionRecord, StoreError, StoreResult, TokenHash, UserId};
 use tokio::sync::mpsc::UnboundedSender;
 
 /// The channel every change is announced on.
@@ -33,18 +33,19 @@ const PARALLEL_SHARDS: usize = 8;
 
 /// The packed form of a session in `{kw.XX}:rx`: the username's length (one byte), the session
 /// id and the user id (16 bytes each), created, last seen and expires (8-byte big-endian ms),
-/// then the username. Touches rewrite bytes 42–49 in place.
+/// the `amr` bits (one byte), then the username. Touches rewrite bytes 42–49 in place.
 pub(crate) fn packed(s: &SessionRecord) -> StoreResult<Vec<u8>> {
     let name = s.username.as_bytes();
     let len = u8::try_from(name.len())
         .map_err(|_| StoreError::Corrupt("a username longer than 255 bytes".into()))?;
-    let mut v = Vec::with_capacity(57 + name.len());
+    let mut v = Vec::with_capacity(58 + name.len());
     v.push(len);
     v.extend_from_slice(s.id.as_uuid_bytes());
     v.extend_from_slice(s.user_id.as_uuid().as_bytes());
     for t in [s.created_at, s.last_seen_at, s.expires_at] {
         v.extend_from_slice(&keyward_core::clock::to_unix_ms(t).to_be_bytes());
     }
+    v.push(s.amr.bits());
     v.extend_from_slice(name);
     Ok(v)
 }
@@ -82,6 +83,10 @@ fn unpack_shard(mut b: &[u8], each: &mut (dyn FnMut(ReplicaSession) + Send)) -> 
         let created_at = time(&mut b).ok_or_else(corrupt)?;
         let last_seen_at = time(&mut b).ok_or_else(corrupt)?;
         let expires_at = time(&mut b).ok_or_else(corrupt)?;
+        let amr = take(&mut b, 1)
+            .and_then(|a| a.first())
+            .map(|a| Amr::from_bits(*a))
+            .ok_or_else(corrupt)?;
         let name = take(&mut b, len).ok_or_else(corrupt)?;
         each(ReplicaSession {
             token_hash: hash,
@@ -91,6 +96,7 @@ fn unpack_shard(mut b: &[u8], each: &mut (dyn FnMut(ReplicaSession) + Send)) -> 
             created_at,
             last_seen_at,
             expires_at,
+            amr,
         });
         n += 1;
     }
@@ -336,6 +342,7 @@ mod tests {
             expires_at: from_unix_ms(1_800_000_000_003),
             ip: Some("192.0.2.1".into()),
             user_agent: None,
+            amr: keyward_core::Amr::PWD_OTP,
         };
         let mut blob = s.token_hash.as_bytes().to_vec();
         blob.extend(packed(&s).unwrap());

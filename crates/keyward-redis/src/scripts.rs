@@ -35,7 +35,7 @@ local function rx_key(tag, h) return tag .. ':rx:' .. string.sub(h, 3, 4) end
 local function rx_find(blob, hr)
   local pos = 1
   while pos <= #blob do
-    local size = 89 + string.byte(blob, pos + 32)
+    local size = 90 + string.byte(blob, pos + 32)
     if string.sub(blob, pos, pos + 31) == hr then return pos, size end
     pos = pos + size
   end
@@ -79,7 +79,7 @@ local function put(tag, h, sid, uid, ttl, score, packed, fields)
   rx_put(tag, h, packed)
   local m = hmap(fields)
   redis.call('PUBLISH', FEED, 'c ' .. h .. ' ' .. cjson.encode({i = m.i, u = m.u, n = m.n,
-    c = tonumber(m.c), l = tonumber(m.l), e = tonumber(m.e)}))
+    c = tonumber(m.c), l = tonumber(m.l), e = tonumber(m.e), a = tonumber(m.a or '1')}))
 end
 -- Revoke the family `fid` (its record `fk`, ending at `e`): marked, listed in the shard's
 -- `{kw.XX}:rf` (what a node loads at catch-up), and announced.
@@ -225,7 +225,7 @@ for i = 0, 255 do
   if blob then
     local kept, pos = {}, 1
     while pos <= #blob do
-      local size = 89 + string.byte(blob, pos + 32)
+      local size = 90 + string.byte(blob, pos + 32)
       local h = string.sub(blob, pos, pos + 31):gsub('.', function(c) return string.format('%02x', string.byte(c)) end)
       if redis.call('EXISTS', ARGV[1] .. ':s:' .. h) == 1 then
         kept[#kept + 1] = string.sub(blob, pos, pos + size - 1)

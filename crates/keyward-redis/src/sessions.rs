@@ -8,7 +8,7 @@ use fred::types::scripts::Script;
 use fred::types::FromValue;
 use keyward_core::clock::{from_unix_ms, to_unix_ms};
 use keyward_core::{
-    SessionId, SessionRecord, SessionStore, StoreError, StoreResult, TokenHash, UserId,
+    Amr, SessionId, SessionRecord, SessionStore, StoreError, StoreResult, TokenHash, UserId,
 };
 use std::collections::HashMap;
 use time::OffsetDateTime;
@@ -40,6 +40,8 @@ fn fields(s: &SessionRecord) -> Vec<String> {
         ms(s.last_seen_at),
         "e".into(),
         ms(s.expires_at),
+        "a".into(),
+        s.amr.bits().to_string(),
     ];
     if let Some(ip) = &s.ip {
         f.extend(["ip".into(), ip.clone()]);
@@ -102,6 +104,7 @@ pub(crate) fn record(
         expires_at: time(&m, "e")?,
         ip: m.remove("ip"),
         user_agent: m.remove("ua"),
+        amr: Amr::from_bits(m.get("a").and_then(|a| a.parse().ok()).unwrap_or(1)),
     })
 }
 

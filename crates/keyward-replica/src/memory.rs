@@ -26,6 +26,7 @@ struct Entry {
     created: i64,
     last_seen: i64,
     expires: i64,
+    amr: u8,
 }
 
 impl Entry {
@@ -38,6 +39,7 @@ impl Entry {
             created: to_unix_ms(s.created_at),
             last_seen: to_unix_ms(s.last_seen_at),
             expires: to_unix_ms(s.expires_at),
+            amr: s.amr.bits(),
         }
     }
 
@@ -50,6 +52,7 @@ impl Entry {
             created_at: from_unix_ms(self.created),
             last_seen_at: from_unix_ms(self.last_seen),
             expires_at: from_unix_ms(self.expires),
+            amr: keyward_core::Amr::from_bits(self.amr),
         })
     }
 }
@@ -318,6 +321,7 @@ mod tests {
             created_at: from_unix_ms(1_800_000_000_000 + i),
             last_seen_at: from_unix_ms(1_800_000_000_000 + i),
             expires_at: from_unix_ms(1_800_000_000_000 + 1_000_000 + i),
+            amr: keyward_core::Amr::from_bits(if i % 2 == 0 { 1 } else { 3 }),
         }
     }
 

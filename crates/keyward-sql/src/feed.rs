@@ -40,7 +40,7 @@ const MISSED: &str = "SELECT f.bucket, f.seq, f.event FROM kw_feed f \
 /// COPY: the columns of [`replica_session`].
 fn sessions_copy(parts: u8, part: u8) -> String {
     format!(
-        "COPY (SELECT token_hash, id, user_id, username, created_at, last_seen_at, expires_at \
+        "COPY (SELECT token_hash, id, user_id, username, created_at, last_seen_at, expires_at, amr \
          FROM sessions WHERE get_byte(token_hash, 0) % {parts} = {part}) TO STDOUT (FORMAT binary)"
     )
 }
@@ -80,9 +80,17 @@ fn replica_session(f: &Fields<'_>) -> StoreResult<ReplicaSession> {
             .map(|b| from_unix_ms(i64::from_be_bytes(b)))
             .ok_or_else(bad)
     };
-    if f.len() != 7 {
+    if f.len() != 8 {
         return Err(bad());
     }
+    // integer: 4 bytes big-endian.
+    let amr = f
+        .get(7)
+        .copied()
+        .flatten()
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(|b| keyward_core::Amr::from_bits(u8::try_from(i32::from_be_bytes(b)).unwrap_or(1)))
+        .ok_or_else(bad)?;
     Ok(ReplicaSession {
         token_hash: f
             .first()
@@ -96,6 +104,7 @@ fn replica_session(f: &Fields<'_>) -> StoreResult<ReplicaSession> {
         created_at: ms(4)?,
         last_seen_at: ms(5)?,
         expires_at: ms(6)?,
+        amr,
     })
 }
 

@@ -99,6 +99,7 @@ impl ReadPool {
             expires_at: row.get(6).map_err(|_| ())?,
             ip: row.get(7).map_err(|_| ())?,
             user_agent: row.get(8).map_err(|_| ())?,
+            amr: row.get(9).map_err(|_| ())?,
         };
         SessionRecord::try_from(r).map(Some).map_err(|_| ())
     }

@@ -3,14 +3,14 @@
 
 use keyward_core::clock::from_unix_ms;
 use keyward_core::{
-    MailState, MailSummary, OutboundMail, RefreshFamily, SessionId, SessionRecord, StoreError,
+    Amr, MailState, MailSummary, OutboundMail, RefreshFamily, SessionId, SessionRecord, StoreError,
     StoredKey, Ticket, TicketKind, TokenHash, UserId, UserRecord,
 };
 
 /// The columns of `sessions`, in the order of [`SessionRow`].
 macro_rules! session_cols {
     () => {
-        "token_hash, id, user_id, username, created_at, last_seen_at, expires_at, ip, user_agent"
+        "token_hash, id, user_id, username, created_at, last_seen_at, expires_at, ip, user_agent, amr"
     };
 }
 pub(crate) use session_cols;
@@ -46,6 +46,7 @@ pub(crate) struct SessionRow {
     pub expires_at: i64,
     pub ip: Option<String>,
     pub user_agent: Option<String>,
+    pub amr: i32,
 }
 
 impl TryFrom<SessionRow> for SessionRecord {
@@ -62,6 +63,7 @@ impl TryFrom<SessionRow> for SessionRecord {
             expires_at: from_unix_ms(r.expires_at),
             ip: r.ip,
             user_agent: r.user_agent,
+            amr: Amr::from_bits(u8::try_from(r.amr).unwrap_or(1)),
         })
     }
 }

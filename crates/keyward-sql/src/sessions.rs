@@ -17,7 +17,7 @@ pub(crate) const GET: &str = concat!(
 const INSERT: &str = concat!(
     "INSERT INTO sessions (",
     session_cols!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 );
 const TOUCH: &str = "UPDATE sessions SET last_seen_at = $1 \
      WHERE token_hash = $2 AND last_seen_at < $1";
@@ -52,6 +52,7 @@ macro_rules! insert_session {
             .bind(to_unix_ms($s.expires_at))
             .bind(&$s.ip)
             .bind(&$s.user_agent)
+            .bind(i32::from($s.amr.bits()))
     };
 }
 

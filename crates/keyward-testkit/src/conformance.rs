@@ -37,6 +37,8 @@ pub fn session(user: UserId, at: OffsetDateTime) -> SessionRecord {
         expires_at: at + Duration::days(7),
         ip: Some("192.0.2.7".into()),
         user_agent: Some("conformance/1.0".into()),
+        // Not the default: every store and cache must keep it.
+        amr: keyward_core::Amr::PWD_OTP,
     }
 }
 

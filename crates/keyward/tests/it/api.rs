@@ -83,7 +83,7 @@ async fn the_whole_story() {
     assert_eq!(me.status(), 200);
     assert_eq!(
         body(me).await,
-        json!({"id": user["id"], "username": "Alice", "email": null, "email_verified": false})
+        json!({"id": user["id"], "username": "Alice", "email": null, "email_verified": false, "mfa": {"totp": false, "recovery_codes_left": 0}})
     );
     let v = app.get_with("/v1/verify", &cookie).await;
     assert_eq!(v.status(), 200);

@@ -223,7 +223,26 @@ async fn totp_enrolment_then_a_two_step_sign_in_with_replay_and_drift_judged() {
     assert!(cookie_pair(res.headers(), "keyward_device").is_some());
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["user"]["username"], "tess");
+    assert_eq!(body["session"]["amr"], json!(["pwd", "otp"]));
     assert_eq!(me(&app, &session).await["username"], "tess");
+    let current: Value = app
+        .get_with("/v1/sessions/current", &session)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(current["session"]["amr"], json!(["pwd", "otp"]));
+    assert_eq!(
+        current["session"]["auth_time"],
+        current["session"]["created_at"]
+    );
+    let plain: Value = app
+        .get_with("/v1/sessions/current", &cookie)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(plain["session"]["amr"], json!(["pwd"]));
     // The token is single use.
     assert_eq!(
         second_step(&app, &token, &oath(&secret, t0 + 60))
