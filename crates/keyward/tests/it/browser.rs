@@ -214,3 +214,169 @@ async fn a_browser_signs_in_sees_its_sessions_and_signs_out() {
     b.close().await.unwrap();
     server.stop().await;
 }
+
+/// The code an authenticator app shows for `secret` at `unix` seconds (oathtool, independent
+/// of keyward).
+fn oath(secret: &str, unix: i64) -> String {
+    let out = std::process::Command::new("oathtool")
+        .args(["--totp", "--base32", "--now"])
+        .arg(format!("@{unix}"))
+        .arg(secret)
+        .output()
+        .expect("oathtool (scripts/test installs it)");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// What a phone's camera reads off the QR code: the screenshot of the drawn code, decoded by
+/// an independent QR reader (rqrr).
+fn scan(png: &[u8]) -> String {
+    let img = image::load_from_memory_with_format(png, image::ImageFormat::Png)
+        .unwrap()
+        .to_luma8();
+    let mut prepared = rqrr::PreparedImage::prepare_from_greyscale(
+        img.width() as usize,
+        img.height() as usize,
+        |x, y| img.get_pixel(x as u32, y as u32).0[0],
+    );
+    let grids = prepared.detect_grids();
+    assert_eq!(grids.len(), 1, "one QR code on the screenshot");
+    grids[0].decode().unwrap().1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_turns_on_two_step_sign_in_by_scanning_the_qr_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]).await;
+    let (_driver, driver_url) = chromedriver().await;
+    let profile = tempfile::tempdir().unwrap();
+    let mut builder = ClientBuilder::new(HttpConnector::new());
+    builder.capabilities(capabilities(profile.path()));
+    let b = builder
+        .connect(&driver_url)
+        .await
+        .expect("a WebDriver session");
+    let wait = |css: &'static str| {
+        let b = b.clone();
+        async move {
+            b.wait()
+                .at_most(Duration::from_secs(20))
+                .for_element(Locator::Css(css))
+                .await
+                .unwrap()
+        }
+    };
+    let fill = |css: &'static str, text: String| {
+        let b = b.clone();
+        async move {
+            b.find(Locator::Css(css))
+                .await
+                .unwrap()
+                .send_keys(&text)
+                .await
+                .unwrap();
+        }
+    };
+    let submit = |css: &'static str| {
+        let b = b.clone();
+        async move {
+            b.find(Locator::Css(css))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+        }
+    };
+    let res = client()
+        .post(server.url("/v1/users"))
+        .json(&json!({"username": "totp.user", "password": PW}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+
+    // Sign in, and set up two-step sign-in from the account page.
+    b.goto(&server.url("/")).await.unwrap();
+    wait("#username").await;
+    fill("#username", "totp.user".into()).await;
+    fill("#password", PW.into()).await;
+    submit("form[action='/v1/sessions'] button[type=submit]").await;
+    wait("form[action='/account/totp']").await;
+    fill("#totp_password", PW.into()).await;
+    submit("form[action='/account/totp'] button").await;
+
+    // The page draws the QR code itself (an inline SVG: no script, no image request).
+    let qr = wait("#totp-qr svg").await;
+    let png = qr.screenshot().await.unwrap();
+    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    std::fs::write(shots.join("totp-qr.png"), &png).unwrap();
+    let scanned = scan(&png);
+    let shown = b
+        .find(Locator::Css("#totp-uri"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(scanned, shown);
+    assert!(
+        scanned.starts_with("otpauth://totp/127.0.0.1:totp.user?"),
+        "{scanned}"
+    );
+    let secret = url::Url::parse(&scanned)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "secret")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+
+    // The app's code turns it on; the recovery codes are shown once.
+    let now = keyward_core::Clock::now(&keyward_core::SystemClock).unix_timestamp();
+    fill("#code", oath(&secret, now)).await;
+    submit("form[action='/account/totp/confirm'] button").await;
+    wait("#recovery-codes li").await;
+    let codes = b
+        .find_all(Locator::Css("#recovery-codes li"))
+        .await
+        .unwrap();
+    assert_eq!(codes.len(), 10);
+    let recovery = codes[0].text().await.unwrap();
+
+    // Signing in again asks for a code after the password. The code of the next step is
+    // within the allowed drift and later than the one just used.
+    b.goto(&server.url("/account")).await.unwrap();
+    wait("#totp-state").await;
+    assert!(b.source().await.unwrap().contains("10 recovery codes left"));
+    submit("div.actions form[action='/account/sign-out'] button").await;
+    wait("#username").await;
+    fill("#username", "totp.user".into()).await;
+    fill("#password", PW.into()).await;
+    submit("form[action='/v1/sessions'] button[type=submit]").await;
+    wait("form[action='/v1/sessions/mfa']").await;
+    assert!(
+        b.get_all_cookies()
+            .await
+            .unwrap()
+            .iter()
+            .all(|c| c.name() != "keyward"),
+        "no session yet"
+    );
+    fill("#code", oath(&secret, now + 30)).await;
+    submit("form[action='/v1/sessions/mfa'] button").await;
+    wait("#totp-state").await;
+    assert_eq!(b.current_url().await.unwrap().path(), "/account");
+
+    // A recovery code signs in once.
+    submit("div.actions form[action='/account/sign-out'] button").await;
+    wait("#username").await;
+    fill("#username", "totp.user".into()).await;
+    fill("#password", PW.into()).await;
+    submit("form[action='/v1/sessions'] button[type=submit]").await;
+    wait("form[action='/v1/sessions/mfa']").await;
+    fill("#code", recovery).await;
+    submit("form[action='/v1/sessions/mfa'] button").await;
+    wait("#totp-state").await;
+    assert!(b.source().await.unwrap().contains("9 recovery codes left"));
+    b.close().await.unwrap();
+}

@@ -999,3 +999,94 @@ async fn two_servers_on_one_postgres_behave_as_one() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Mail and the second factor from the command line, beside a running server: the start-up
+/// check of the SMTP server is logged, `keyward mail list` shows the outbox, and
+/// `keyward users reset-mfa` lets a user who lost the device sign in with the password.
+#[tokio::test]
+async fn mail_list_and_reset_mfa_work_on_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = keyward_testkit::smtp::SmtpSink::start().await;
+    let url = sink.url();
+    let mut s = Server::start(dir.path(), &["--smtp-url", &url]).await;
+    s.wait_for_log("the SMTP server answers").await;
+    let res = client()
+        .post(s.url("/v1/users"))
+        .json(&json!({"username": "mia", "password": PW, "email": "mia@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let mail = sink.wait_for(1, std::time::Duration::from_secs(20)).await;
+    assert_eq!(mail[0].mail_from, "keyward@127.0.0.1");
+    s.wait_for_log("mail delivered").await;
+    let out = run(
+        dir.path(),
+        &["mail", "list", "--json", "--smtp-url", &url],
+        None,
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["kind"], "verify_email");
+    assert_eq!(list[0]["recipient"], "mia@example.com");
+    assert_eq!(list[0]["state"], "sent");
+    let table = String::from_utf8(run(dir.path(), &["mail", "list"], None).await.stdout).unwrap();
+    assert!(table.lines().next().unwrap().starts_with("ID"), "{table}");
+    assert!(!table.contains("token="), "a listing never shows a message");
+
+    // TOTP on, through the API, with codes from oathtool at the real time.
+    let cookie = login(&s.base, "mia", PW).await;
+    let enrol: Value = client()
+        .post(s.url("/v1/users/me/totp"))
+        .header("cookie", &cookie)
+        .json(&json!({"current_password": PW}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = enrol["secret"].as_str().unwrap();
+    let now = keyward_core::Clock::now(&keyward_core::SystemClock).unix_timestamp();
+    let code = std::process::Command::new("oathtool")
+        .args(["--totp", "--base32", "--now", &format!("@{now}"), secret])
+        .output()
+        .unwrap();
+    let code = String::from_utf8(code.stdout).unwrap();
+    let res = client()
+        .post(s.url("/v1/users/me/totp/confirm"))
+        .header("cookie", &cookie)
+        .json(&json!({"code": code.trim()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let sign_in = || {
+        client()
+            .post(s.url("/v1/sessions"))
+            .json(&json!({"username": "mia", "password": PW}))
+            .send()
+    };
+    assert_eq!(sign_in().await.unwrap().status(), 401, "a code is asked");
+    let out = run(dir.path(), &["users", "reset-mfa", "mia"], None).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("second factor of mia turned off"));
+    assert_eq!(
+        sign_in().await.unwrap().status(),
+        201,
+        "the password alone again"
+    );
+    let out = run(dir.path(), &["users", "reset-mfa", "nobody"], None).await;
+    assert_eq!(out.status.code(), Some(1));
+    s.stop().await;
+}
