@@ -357,7 +357,7 @@ impl AuthService {
         match self.throttle.register(ip).await {
             Ok(()) => {}
             Err(Refused::Throttled(retry_after)) => {
-                tracing::warn!(target: AUDIT, event = "registration_throttled", ip = %show_ip(ip));
+                tracing::warn!(target: AUDIT, event = "registration_throttled", username, ip = %show_ip(ip));
                 return Err(AuthError::Throttled { retry_after });
             }
             Err(Refused::Store(e)) => return Err(e.into()),
@@ -499,7 +499,7 @@ impl AuthService {
             match self.hasher.hash(password).await {
                 Ok(phc) => match self.users.set_password_hash(user.id, &phc).await {
                     Ok(()) => {
-                        tracing::info!(target: AUDIT, event = "password_hash_upgraded", user_id = %user.id);
+                        tracing::info!(target: AUDIT, event = "password_hash_upgraded", user_id = %user.id, ip = %show_ip(ip));
                         user.password_hash = phc;
                     }
                     Err(e) => {
@@ -731,13 +731,8 @@ impl AuthService {
         if current.expose().chars().count() > PASSWORD_MAX {
             return Err(AuthError::TooLong("current_password"));
         }
-        let attempt = match self.throttle.begin(&user.username, client.ip, None).await {
-            Ok(a) => a,
-            Err(Refused::Throttled(retry_after)) => {
-                return Err(AuthError::Throttled { retry_after })
-            }
-            Err(Refused::Store(e)) => return Err(e.into()),
-        };
+        // Judged like a sign-in: a known device by its own failures.
+        let attempt = self.code_attempt(user, client).await?;
         let verified = self
             .hasher
             .verify(current, Some(&user.password_hash))
@@ -778,7 +773,7 @@ impl AuthService {
             self.sessions.delete_for_user(user.id, None).await?;
             self.revoke_token_families(user.id).await?;
         }
-        tracing::info!(target: AUDIT, event = if locked { "user_locked" } else { "user_unlocked" }, user_id = %user.id);
+        tracing::info!(target: AUDIT, event = if locked { "user_locked" } else { "user_unlocked" }, user_id = %user.id, ip = "-");
         Ok(UserRecord { locked, ..user })
     }
 
@@ -791,7 +786,7 @@ impl AuthService {
         // A login racing the delete re-checks the user after creating its session; clear again
         // in case one slipped in between the two calls above.
         self.sessions.delete_for_user(user.id, None).await?;
-        tracing::info!(target: AUDIT, event = "user_deleted", user_id = %user.id);
+        tracing::info!(target: AUDIT, event = "user_deleted", user_id = %user.id, ip = "-");
         Ok(user)
     }
 

@@ -290,7 +290,7 @@ impl AuthService {
     }
 
     /// An attempt at a code, throttled with the account's sign-ins.
-    async fn code_attempt(
+    pub(crate) async fn code_attempt(
         &self,
         user: &UserRecord,
         client: &ClientInfo,

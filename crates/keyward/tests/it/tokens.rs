@@ -781,6 +781,40 @@ async fn signing_keys_rotate_on_schedule() {
     assert_eq!(jwks_kids(&app).await, vec![kid]);
 }
 
+/// One node makes the scheduled key; another node sharing the database picks it up (a token
+/// with an unknown `kid` makes it reload its keys) and verifies what the first now signs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_made_on_schedule_by_one_node_verifies_on_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = AppOptions {
+        key_rotation_interval: Duration::days(1),
+        database: Some(format!(
+            "sqlite://{}",
+            dir.path().join("shared.db").display()
+        )),
+        // One fleet: one public URL, so one issuer.
+        public_url: Some("http://auth.keyward.test".into()),
+        ..Default::default()
+    };
+    let a = spawn_app_with(opts.clone()).await;
+    let b = spawn_app_with(opts).await;
+    assert_eq!(a.register("tia", PW).await.status(), 201);
+    assert_eq!(jwks_kids(&a).await, jwks_kids(&b).await);
+    for app in [&a, &b] {
+        app.clock.advance(Duration::days(1));
+    }
+    let kid = a.tokens.rotate_if_due().await.unwrap().expect("due on a");
+    assert_eq!(
+        b.tokens.rotate_if_due().await.unwrap(),
+        None,
+        "one node makes it"
+    );
+    let (access, _) = pair(&a, "tia").await;
+    assert_eq!(parts(&access).0["kid"], kid.as_str());
+    assert_eq!(me(&b, &access).await, 200);
+    assert!(jwks_kids(&b).await.contains(&kid));
+}
+
 #[tokio::test]
 async fn key_rotation_keeps_old_tokens_until_they_expire_then_retires_the_key() {
     let app = spawn_app().await;
