@@ -4,6 +4,7 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+pub mod clients;
 pub mod clock;
 pub mod device;
 pub mod feed;
@@ -22,6 +23,7 @@ pub mod url;
 pub use auth::{
     AuthConfig, AuthError, AuthResult, AuthService, ClientInfo, NewSession, Readiness, AUDIT,
 };
+pub use clients::{ClientRecord, ClientStore, DynClientStore};
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use device::{DeviceCookie, DeviceKey};
 pub use ids::{SessionId, UserId, Username};

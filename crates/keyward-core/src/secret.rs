@@ -112,6 +112,11 @@ pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
 pub struct TokenHash([u8; 32]);
 
 impl TokenHash {
+    /// The SHA-256 of a presented secret (a client secret), for comparison with a stored one.
+    pub fn of(secret: &str) -> Self {
+        Self(Sha256::digest(secret.as_bytes()).into())
+    }
+
     /// Rebuild from stored bytes; `None` when the length is wrong.
     pub fn from_slice(bytes: &[u8]) -> Option<Self> {
         <[u8; 32]>::try_from(bytes).ok().map(Self)

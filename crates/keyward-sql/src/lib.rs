@@ -5,6 +5,7 @@
 //! (`store.rs` says where they differ).
 #![deny(missing_docs)]
 
+mod clients;
 mod copy;
 mod failures;
 mod feed;

@@ -1187,10 +1187,55 @@ pub async fn second_factors<S: UserStore + keyward_core::MfaStore + ?Sized>(s: &
         .unwrap());
 }
 
-/// Generate the email, ticket and outbox conformance tests for a database. `$make` returns a
-/// fixture whose store is all three.
+/// OAuth clients: stored whole (public and confidential), listed by name, deleted once.
+pub async fn clients_round_trip<S: keyward_core::ClientStore + ?Sized>(s: &S) {
+    use keyward_core::ClientRecord;
+    let public = ClientRecord {
+        id: keyward_core::clients::new_client_id().unwrap(),
+        name: "Mobile app".into(),
+        redirect_uris: vec!["com.example.app:/cb".into(), "http://127.0.0.1/cb".into()],
+        post_logout_redirect_uris: vec![],
+        secret_hash: None,
+        first_party: true,
+        created_at: t0(),
+    };
+    let confidential = ClientRecord {
+        id: keyward_core::clients::new_client_id().unwrap(),
+        name: "Billing".into(),
+        redirect_uris: vec!["https://billing.example.com/cb".into()],
+        post_logout_redirect_uris: vec!["https://billing.example.com/bye".into()],
+        secret_hash: Some(TokenHash::of("the-secret")),
+        first_party: false,
+        created_at: t0(),
+    };
+    s.create_client(&public).await.unwrap();
+    s.create_client(&confidential).await.unwrap();
+    assert!(matches!(
+        s.create_client(&public).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let got = s.client(&confidential.id).await.unwrap().unwrap();
+    assert_eq!(got, confidential);
+    assert!(got.secret_is("the-secret") && !got.secret_is("another"));
+    assert_eq!(s.client(&public.id).await.unwrap(), Some(public.clone()));
+    assert_eq!(s.client("no-such-client").await.unwrap(), None);
+    let names: Vec<String> = s
+        .list_clients()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, vec!["Billing".to_owned(), "Mobile app".to_owned()]);
+    assert!(s.delete_client(&public.id).await.unwrap());
+    assert!(!s.delete_client(&public.id).await.unwrap());
+    assert_eq!(s.list_clients().await.unwrap().len(), 1);
+}
+
+/// Generate the conformance tests of what only the database keeps: emails, tickets, the
+/// outbox, second factors and OAuth clients. `$make` returns a fixture whose store is all.
 #[macro_export]
-macro_rules! mail_store_conformance {
+macro_rules! account_store_conformance {
     ($name:ident, $make:path) => {
         mod $name {
             use $crate::conformance as c;
@@ -1203,6 +1248,11 @@ macro_rules! mail_store_conformance {
             async fn tickets_are_single_use() {
                 let f = $make().await;
                 c::tickets_are_single_use(f.store.clone()).await
+            }
+            #[tokio::test]
+            async fn clients_round_trip() {
+                let f = $make().await;
+                c::clients_round_trip(&*f.store).await
             }
             #[tokio::test]
             async fn second_factors() {

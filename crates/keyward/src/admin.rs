@@ -159,6 +159,138 @@ pub async fn keys(cmd: KeysCommand, settings: &Settings, json: bool) -> anyhow::
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ClientsCommand {
+    /// Register an OAuth client; prints its client_id (and, when confidential, its secret,
+    /// shown this once and stored only hashed).
+    Add {
+        /// A name people recognise (shown when they are asked to consent).
+        name: String,
+        /// Where codes may be sent: https, http to a loopback address (any port is then
+        /// accepted), or a private-use scheme (com.example.app:/cb). Repeat for more.
+        #[arg(long = "redirect-uri", required = true)]
+        redirect_uris: Vec<String>,
+        /// A server that keeps a secret (else a public client: native or single-page app).
+        #[arg(long)]
+        confidential: bool,
+        /// An application of this operator's own: no consent page.
+        #[arg(long)]
+        first_party: bool,
+        /// Where RP-initiated logout may return to. Repeat for more.
+        #[arg(long = "post-logout-redirect-uri")]
+        post_logout_redirect_uris: Vec<String>,
+    },
+    /// List the clients.
+    List,
+    /// Remove a client.
+    Delete {
+        /// Its client_id.
+        client_id: String,
+    },
+}
+
+pub async fn clients(cmd: ClientsCommand, settings: &Settings, json: bool) -> anyhow::Result<()> {
+    use keyward_core::clients::{check_redirect_uri, new_client_id};
+    use keyward_core::{ClientRecord, SessionToken, TokenHash};
+    let stores = stores::open(&settings.stores).await?;
+    match cmd {
+        ClientsCommand::Add {
+            name,
+            redirect_uris,
+            confidential,
+            first_party,
+            post_logout_redirect_uris,
+        } => {
+            if name.trim().is_empty() || name.chars().count() > 100 {
+                bail!("a client's name is 1 to 100 characters");
+            }
+            for uri in redirect_uris.iter().chain(&post_logout_redirect_uris) {
+                check_redirect_uri(uri)?;
+            }
+            let secret = confidential
+                .then(SessionToken::generate)
+                .transpose()
+                .context("the OS random source failed")?;
+            let client = ClientRecord {
+                id: new_client_id().context("the OS random source failed")?,
+                name,
+                redirect_uris,
+                post_logout_redirect_uris,
+                secret_hash: secret.as_ref().map(|s| TokenHash::of(s.expose())),
+                first_party,
+                created_at: keyward_core::Clock::now(&SystemClock),
+            };
+            stores.clients.create_client(&client).await?;
+            let secret = secret.as_ref().map(|s| s.expose());
+            if json {
+                let mut v = client_json(&client);
+                if let Some(map) = v.as_object_mut() {
+                    map.insert("client_secret".into(), json!(secret));
+                }
+                println!("{v}");
+            } else {
+                println!("client_id: {}", client.id);
+                if let Some(secret) = secret {
+                    println!("client_secret: {secret}");
+                    println!("(the secret is shown only now; keyward keeps only its hash)");
+                }
+            }
+        }
+        ClientsCommand::List => {
+            let list = stores.clients.list_clients().await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::Value::Array(list.iter().map(client_json).collect())
+                );
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|c| {
+                        vec![
+                            c.id.clone(),
+                            c.name.clone(),
+                            if c.is_confidential() {
+                                "confidential"
+                            } else {
+                                "public"
+                            }
+                            .into(),
+                            if c.first_party { "yes" } else { "no" }.into(),
+                            c.redirect_uris.join(" "),
+                        ]
+                    })
+                    .collect();
+                print_table(
+                    &["CLIENT_ID", "NAME", "TYPE", "FIRST_PARTY", "REDIRECT_URIS"],
+                    &rows,
+                );
+            }
+        }
+        ClientsCommand::Delete { client_id } => {
+            if !stores.clients.delete_client(&client_id).await? {
+                bail!("no client with id '{client_id}'");
+            }
+            if json {
+                println!("{}", json!({"deleted": client_id}));
+            } else {
+                println!("deleted client {client_id}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn client_json(c: &keyward_core::ClientRecord) -> serde_json::Value {
+    json!({
+        "client_id": c.id, "name": c.name,
+        "confidential": c.is_confidential(), "first_party": c.first_party,
+        "redirect_uris": c.redirect_uris,
+        "post_logout_redirect_uris": c.post_logout_redirect_uris,
+        "created_at": ts(c.created_at),
+    })
+}
+
+#[derive(Debug, Subcommand)]
 pub enum MailCommand {
     /// List the outbox, newest first: queued, sent and parked mails (never their content).
     List {

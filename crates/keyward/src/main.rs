@@ -45,6 +45,9 @@ enum Command {
     /// Inspect the mail outbox.
     #[command(subcommand)]
     Mail(admin::MailCommand),
+    /// Manage OAuth clients.
+    #[command(subcommand)]
+    Clients(admin::ClientsCommand),
     /// Create or update the database schema, then exit.
     Migrate,
 }
@@ -178,6 +181,7 @@ async fn run(command: Command, settings: Settings, json: bool) -> Result<(), Fai
         Command::Sessions(cmd) => admin::sessions(cmd, &settings, json).await?,
         Command::Keys(cmd) => admin::keys(cmd, &settings, json).await?,
         Command::Mail(cmd) => admin::mail(cmd, &settings, json).await?,
+        Command::Clients(cmd) => admin::clients(cmd, &settings, json).await?,
     }
     Ok(())
 }

@@ -3,8 +3,8 @@
 use crate::config::{ConfigError, StoreSettings};
 use keyward_core::feed::ChangeFeed;
 use keyward_core::{
-    DynFailureLog, DynKeyStore, DynMfaStore, DynOutbox, DynSessionStore, DynTicketStore,
-    DynTokenStore, DynUserStore, MemorySessionStore,
+    DynClientStore, DynFailureLog, DynKeyStore, DynMfaStore, DynOutbox, DynSessionStore,
+    DynTicketStore, DynTokenStore, DynUserStore, MemorySessionStore,
 };
 use keyward_core::{Engine, StoreUrl};
 use keyward_redis::feed::RedisFeed;
@@ -30,6 +30,8 @@ pub struct Stores {
     pub outbox: DynOutbox,
     /// Second factors: in the database.
     pub mfa: DynMfaStore,
+    /// OAuth clients: in the database.
+    pub clients: DynClientStore,
     /// Where failed logins are counted when other processes share it (the session store's
     /// PostgreSQL, SQLite file or Redis); else each process counts its own.
     pub failure_log: Option<DynFailureLog>,
@@ -155,7 +157,8 @@ pub async fn open(settings: &StoreSettings) -> Result<Stores, OpenFailure> {
         keys: db.clone(),
         tickets: db.clone(),
         outbox: db.clone(),
-        mfa: db,
+        mfa: db.clone(),
+        clients: db,
         failure_log,
     })
 }

@@ -40,8 +40,11 @@ keyward_testkit::session_store_conformance!(
 keyward_testkit::token_store_conformance!(postgres_token_store, keyward_testkit::postgres_tokens);
 keyward_testkit::user_store_conformance!(postgres_user_store, keyward_testkit::postgres_users);
 keyward_testkit::user_store_conformance!(sqlite_user_store, keyward_testkit::sqlite_users);
-keyward_testkit::mail_store_conformance!(sqlite_mail_store, keyward_testkit::sqlite_fixture);
-keyward_testkit::mail_store_conformance!(postgres_mail_store, keyward_testkit::postgres_fixture);
+keyward_testkit::account_store_conformance!(sqlite_account_store, keyward_testkit::sqlite_fixture);
+keyward_testkit::account_store_conformance!(
+    postgres_account_store,
+    keyward_testkit::postgres_fixture
+);
 keyward_testkit::key_store_conformance!(sqlite_key_store, keyward_testkit::sqlite_keys);
 keyward_testkit::key_store_conformance!(postgres_key_store, keyward_testkit::postgres_keys);
 keyward_testkit::session_store_conformance!(redis_session_store, keyward_testkit::redis_sessions);

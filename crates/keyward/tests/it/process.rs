@@ -1090,3 +1090,101 @@ async fn mail_list_and_reset_mfa_work_on_a_running_server() {
     assert_eq!(out.status.code(), Some(1));
     s.stop().await;
 }
+
+/// `keyward clients`: public and confidential clients, the secret shown once and kept only
+/// hashed, redirect URIs checked when they are registered.
+#[tokio::test]
+async fn clients_are_registered_listed_and_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = |out: &std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let out = run(
+        dir.path(),
+        &[
+            "clients",
+            "add",
+            "Mobile app",
+            "--redirect-uri",
+            "com.example.app:/cb",
+            "--redirect-uri",
+            "http://127.0.0.1/cb",
+            "--first-party",
+        ],
+        None,
+    )
+    .await;
+    ok(&out);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("client_id: "), "{text}");
+    assert!(
+        !text.contains("client_secret"),
+        "a public client has no secret"
+    );
+    let out = run(
+        dir.path(),
+        &[
+            "clients",
+            "add",
+            "Billing",
+            "--redirect-uri",
+            "https://billing.example.com/cb",
+            "--confidential",
+            "--post-logout-redirect-uri",
+            "https://billing.example.com/bye",
+            "--json",
+        ],
+        None,
+    )
+    .await;
+    ok(&out);
+    let billing: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let secret = billing["client_secret"].as_str().unwrap().to_owned();
+    assert_eq!(secret.len(), 46, "256 random bits");
+    assert_eq!(billing["confidential"], true);
+    assert_eq!(billing["first_party"], false);
+    let id = billing["client_id"].as_str().unwrap().to_owned();
+    assert_eq!(id.len(), 22);
+
+    let out = run(dir.path(), &["clients", "list", "--json"], None).await;
+    ok(&out);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert_eq!(list[0]["name"], "Billing");
+    assert_eq!(
+        list[0]["post_logout_redirect_uris"],
+        json!(["https://billing.example.com/bye"])
+    );
+    assert!(list[0].get("client_secret").is_none());
+    let table =
+        String::from_utf8(run(dir.path(), &["clients", "list"], None).await.stdout).unwrap();
+    assert!(table.lines().next().unwrap().starts_with("CLIENT_ID"));
+    assert!(!table.contains(&secret), "the secret is shown once");
+    let db = std::fs::read(dir.path().join("keyward.db")).unwrap();
+    assert!(
+        !db.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        "stored only hashed"
+    );
+
+    for bad in [
+        "http://app.example.com/cb",
+        "https://app.example.com/cb#x",
+        "not a uri",
+    ] {
+        let out = run(
+            dir.path(),
+            &["clients", "add", "Bad", "--redirect-uri", bad],
+            None,
+        )
+        .await;
+        assert_eq!(out.status.code(), Some(1), "{bad}");
+    }
+    ok(&run(dir.path(), &["clients", "delete", &id], None).await);
+    let out = run(dir.path(), &["clients", "delete", &id], None).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no client with id"));
+}
