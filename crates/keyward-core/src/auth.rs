@@ -255,8 +255,12 @@ impl AuthService {
     /// Keep second factors in `store`, TOTP secrets sealed by `sealer`, and name `issuer` in
     /// authenticator apps.
     pub fn with_mfa(mut self, store: DynMfaStore, sealer: Arc<dyn Sealer>, issuer: &str) -> Self {
-        // An otpauth label may not hold ':' (an IPv6 host).
-        let issuer = issuer.replace(':', "-");
+        // An otpauth label may not hold ':' (an IPv6 host, `[::1]`).
+        let issuer: String = issuer
+            .chars()
+            .filter(|c| !matches!(c, '[' | ']'))
+            .map(|c| if c == ':' { '-' } else { c })
+            .collect();
         self.mfa = Some(Mfa {
             store,
             sealer,
@@ -673,7 +677,7 @@ impl AuthService {
         self.step_up_user(&user, current, code, client).await?;
         let phc = self.hasher.hash(new).await?;
         self.users.set_password_hash(user.id, &phc).await?;
-        self.end_reset_links(user.id).await?;
+        self.end_password_tickets(user.id).await?;
         self.sessions
             .delete_for_user(user.id, keep.map(|s| s.id))
             .await?;
@@ -772,6 +776,7 @@ impl AuthService {
         if locked {
             self.sessions.delete_for_user(user.id, None).await?;
             self.revoke_token_families(user.id).await?;
+            self.end_password_tickets(user.id).await?;
         }
         tracing::info!(target: AUDIT, event = if locked { "user_locked" } else { "user_unlocked" }, user_id = %user.id, ip = "-");
         Ok(UserRecord { locked, ..user })

@@ -189,6 +189,10 @@ impl AuthService {
             return Err(AuthError::TotpAlreadyOn);
         }
         let secret = TotpSecret::generate().map_err(|_| AuthError::MfaUnavailable)?;
+        // Everything that can fail before anything is stored.
+        let otpauth_uri = secret
+            .otpauth_uri(&mfa.issuer, &user.username)
+            .map_err(|_| AuthError::MfaUnavailable)?;
         let sealed = mfa
             .sealer
             .seal(&context(user.id), secret.expose())
@@ -196,9 +200,6 @@ impl AuthService {
         if !mfa.store.set_pending_totp(user.id, &sealed).await? {
             return Err(AuthError::SessionGone);
         }
-        let otpauth_uri = secret
-            .otpauth_uri(&mfa.issuer, &user.username)
-            .map_err(|_| AuthError::MfaUnavailable)?;
         tracing::info!(target: AUDIT, event = "totp_enrolment_started", user_id = %user.id, ip = %show_ip(client.ip));
         Ok(Enrolment {
             secret: secret.base32(),
@@ -394,7 +395,15 @@ impl AuthService {
         if code.chars().count() > 64 {
             return Err(AuthError::TooLong("code"));
         }
-        let attempt = self.code_attempt(&user, client).await?;
+        // Codes are judged by the account's failures alone: device cookies, which anyone who
+        // once had the password may have collected, give no codes of their own.
+        let attempt = match self.throttle.begin(&user.username, client.ip, None).await {
+            Ok(a) => a,
+            Err(Refused::Throttled(retry_after)) => {
+                return Err(AuthError::Throttled { retry_after })
+            }
+            Err(Refused::Store(e)) => return Err(e.into()),
+        };
         let Some(factor) = self.check_code(&user, code).await? else {
             attempt.failed().await;
             tracing::info!(target: AUDIT, event = "mfa_failed", user_id = %user.id, ip = %show_ip(client.ip));

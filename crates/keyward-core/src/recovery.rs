@@ -258,9 +258,7 @@ impl AuthService {
             return Err(AuthError::InvalidLink);
         }
         self.users.set_password_hash(user.id, &phc).await?;
-        tickets
-            .end_tickets(user.id, TicketKind::ResetPassword)
-            .await?;
+        self.end_password_tickets(user.id).await?;
         let ended = self.sessions.delete_for_user(user.id, None).await?;
         self.revoke_token_families(user.id).await?;
         metrics::counter!("keyward_sessions_revoked_total", "reason" => "password_reset")
@@ -281,12 +279,13 @@ impl AuthService {
         }
     }
 
-    /// A password change ends the user's reset links.
-    pub(crate) async fn end_reset_links(&self, user: UserId) -> StoreResult<()> {
+    /// A password change or reset (or a lock) ends the user's reset links and the second
+    /// steps of sign-ins begun with the old password.
+    pub(crate) async fn end_password_tickets(&self, user: UserId) -> StoreResult<()> {
         if let Some(m) = &self.mail {
-            m.tickets
-                .end_tickets(user, TicketKind::ResetPassword)
-                .await?;
+            for kind in [TicketKind::ResetPassword, TicketKind::MfaSignIn] {
+                m.tickets.end_tickets(user, kind).await?;
+            }
         }
         Ok(())
     }

@@ -80,9 +80,12 @@ pub enum ApiError {
         "a second factor is required: send a code with this mfa_token to POST /v1/sessions/mfa"
     )]
     MfaRequired(keyward_core::SessionToken),
-    /// The second step of a sign-in failed (401).
+    /// The second step of a sign-in failed: a wrong or used code (401).
     #[error("{0}")]
     SignInRefused(String),
+    /// The second step's token is over: sign in again (401).
+    #[error("{0}")]
+    MfaTokenInvalid(String),
     /// A feature this server was not set up for (503): email without `--smtp-url`.
     #[error("{0}")]
     NotConfigured(&'static str),
@@ -121,6 +124,7 @@ impl ApiError {
             Self::Unauthorized
             | Self::MfaRequired(_)
             | Self::SignInRefused(_)
+            | Self::MfaTokenInvalid(_)
             | Self::InvalidCredentials
             | Self::InvalidToken
             | Self::InvalidClient(_) => StatusCode::UNAUTHORIZED,
@@ -322,9 +326,8 @@ impl From<AuthError> for ApiError {
             }
             AuthError::InvalidEmail(e) => Self::Unprocessable(e.to_string()),
             AuthError::MfaRequired(token) => Self::MfaRequired(token),
-            e @ (AuthError::InvalidMfaToken | AuthError::WrongSignInCode) => {
-                Self::SignInRefused(e.to_string())
-            }
+            e @ AuthError::InvalidMfaToken => Self::MfaTokenInvalid(e.to_string()),
+            e @ AuthError::WrongSignInCode => Self::SignInRefused(e.to_string()),
             e @ (AuthError::WrongCode | AuthError::CodeRequired) => Self::Forbidden(e.to_string()),
             e @ (AuthError::TotpAlreadyOn | AuthError::TotpNotPending | AuthError::TotpNotOn) => {
                 Self::Conflict(e.to_string())

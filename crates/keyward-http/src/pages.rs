@@ -765,6 +765,9 @@ pub(crate) fn code_failed(
     next: Option<&str>,
     err: ApiError,
 ) -> Response {
+    if matches!(err, ApiError::MfaTokenInvalid(_)) {
+        return sign_in_failed(kw, "", next, err);
+    }
     let next = local_target(next, &kw.path("/account"));
     let res = page(
         err.status(),

@@ -322,6 +322,8 @@ async fn changes_to_the_account_ask_for_a_code_and_totp_can_be_turned_off() {
     let (secret, codes) = enrol(&app, &cookie).await;
     app.clock.advance(time::Duration::seconds(30));
 
+    // A sign-in begun with the old password, to finish after the change.
+    let stale = first_step(&app, "uma").await;
     // Step-up: the password alone is not enough.
     let change = json!({"current_password": PW, "new_password": "Xq7-vNbz-uma"});
     let res = send(
@@ -350,6 +352,12 @@ async fn changes_to_the_account_ask_for_a_code_and_totp_can_be_turned_off() {
     .await;
     assert_eq!(res.status(), 204);
     let cookie = cookie_pair(res.headers(), "keyward").unwrap();
+    let late = second_step(&app, &stale, &oath(&secret, now(&app) + 30)).await;
+    assert_eq!(
+        late.status(),
+        401,
+        "the password change ended the sign-in begun before it"
+    );
 
     // Off: the password and a code (a recovery code will do).
     let off = json!({"current_password": "Xq7-vNbz-uma", "code": "aaaaa-aaaaa-aaaaa-aaaaa"});
