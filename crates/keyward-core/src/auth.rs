@@ -149,6 +149,15 @@ pub enum AuthError {
 /// Result of service calls.
 pub type AuthResult<T> = Result<T, AuthError>;
 
+impl From<Refused> for AuthError {
+    fn from(r: Refused) -> Self {
+        match r {
+            Refused::Throttled(retry_after) => Self::Throttled { retry_after },
+            Refused::Store(e) => Self::Store(e),
+        }
+    }
+}
+
 /// What [`AuthService::ready`] found.
 #[derive(Debug)]
 pub enum Readiness {

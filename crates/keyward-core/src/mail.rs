@@ -46,6 +46,17 @@ impl TicketKind {
         }
     }
 
+    /// [`TicketKind::valid_for`] for people: `24 hours`, `30 minutes`.
+    pub fn lasting(self) -> String {
+        let d = self.valid_for();
+        let (n, unit) = if d.whole_minutes() % 60 == 0 {
+            (d.whole_hours(), "hour")
+        } else {
+            (d.whole_minutes(), "minute")
+        };
+        format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+    }
+
     /// Whether a newer ticket of this kind ends the user's older ones: a mailed link does
     /// (the newest mail is the one that works); the second step of a sign-in does not (a user
     /// may be signing in on two devices).
@@ -262,14 +273,9 @@ impl Email {
         Ok(Self(raw.to_owned()))
     }
 
-    /// The address.
+    /// The address, as given (stores compare addresses ignoring case).
     pub fn as_str(&self) -> &str {
         &self.0
-    }
-
-    /// The key addresses are compared by: lower-cased.
-    pub fn key(&self) -> String {
-        self.0.to_lowercase()
     }
 }
 
@@ -289,8 +295,8 @@ mod tests {
     #[test]
     fn addresses_are_checked() {
         assert_eq!(
-            Email::parse(" Alice@Example.com ").map(|e| e.key()),
-            Ok("alice@example.com".to_owned())
+            Email::parse(" Alice@Example.com ").map(|e| e.as_str().to_owned()),
+            Ok("Alice@Example.com".to_owned())
         );
         for bad in [
             "",
@@ -317,5 +323,7 @@ mod tests {
             assert_eq!(TicketKind::parse(k.as_str()), Some(k));
         }
         assert_eq!(TicketKind::ResetPassword.valid_for(), Duration::minutes(30));
+        assert_eq!(TicketKind::ResetPassword.lasting(), "30 minutes");
+        assert_eq!(TicketKind::VerifyEmail.lasting(), "24 hours");
     }
 }

@@ -13,7 +13,6 @@ use crate::mail::TicketKind;
 use crate::recovery::Ticket;
 use crate::secret::{SessionToken, TokenHash};
 use crate::store::{StoreResult, UserRecord};
-use crate::throttle::Refused;
 use crate::totp::{CodeRefused, TotpSecret};
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
@@ -300,15 +299,10 @@ impl AuthService {
             (Some(key), Some(cookie)) => key.verify(&user.username, cookie, self.clock.now()),
             _ => None,
         };
-        match self
+        Ok(self
             .throttle
             .begin(&user.username, client.ip, device.as_ref())
-            .await
-        {
-            Ok(a) => Ok(a),
-            Err(Refused::Throttled(retry_after)) => Err(AuthError::Throttled { retry_after }),
-            Err(Refused::Store(e)) => Err(e.into()),
-        }
+            .await?)
     }
 
     /// Check a second-factor code of a user with TOTP on: a TOTP code of the current step or a
@@ -397,13 +391,7 @@ impl AuthService {
         }
         // Codes are judged by the account's failures alone: device cookies, which anyone who
         // once had the password may have collected, give no codes of their own.
-        let attempt = match self.throttle.begin(&user.username, client.ip, None).await {
-            Ok(a) => a,
-            Err(Refused::Throttled(retry_after)) => {
-                return Err(AuthError::Throttled { retry_after })
-            }
-            Err(Refused::Store(e)) => return Err(e.into()),
-        };
+        let attempt = self.throttle.begin(&user.username, client.ip, None).await?;
         let Some(factor) = self.check_code(&user, code).await? else {
             attempt.failed().await;
             tracing::info!(target: AUDIT, event = "mfa_failed", user_id = %user.id, ip = %show_ip(client.ip));

@@ -272,11 +272,7 @@ impl AuthService {
 
     /// Links are refused outright while the address is over its limit of failed ones.
     fn admit_link(&self, ip: Option<IpAddr>) -> AuthResult<()> {
-        match self.throttle.token_request(ip) {
-            Ok(()) => Ok(()),
-            Err(Refused::Throttled(retry_after)) => Err(AuthError::Throttled { retry_after }),
-            Err(Refused::Store(e)) => Err(e.into()),
-        }
+        Ok(self.throttle.token_request(ip)?)
     }
 
     /// A password change or reset (or a lock) ends the user's reset links and the second

@@ -8,7 +8,7 @@ use crate::routes::{
 };
 use crate::Keyward;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -417,6 +417,38 @@ async fn render_account(
     ))
 }
 
+/// A form posted from the account page by a signed-in browser: the session, the form and who
+/// sent it. Without a session the browser is sent to sign in instead.
+struct AccountForm<T> {
+    cs: CurrentSession,
+    form: T,
+    client: keyward_core::ClientInfo,
+}
+
+impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<Keyward> for AccountForm<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, kw: &Keyward) -> Result<Self, Response> {
+        use axum::extract::FromRequestParts;
+        let (mut parts, body) = req.into_parts();
+        let MaybeSession(cs) = MaybeSession::from_request_parts(&mut parts, kw)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let Some(cs) = cs else {
+            return Err(to_sign_in(kw));
+        };
+        let addr = ClientAddr::from_request_parts(&mut parts, kw)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let client = client_info(kw, addr, &parts.headers);
+        let bytes = read_body(Request::from_parts(parts, body))
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let form = decode_form(&bytes).map_err(IntoResponse::into_response)?;
+        Ok(Self { cs, form, client })
+    }
+}
+
 /// The account page again after a refused form, with the error; failures of the server's own
 /// are answered as errors.
 async fn account_failed(
@@ -496,16 +528,8 @@ async fn sign_out(
 
 async fn change_password(
     State(kw): State<Keyward>,
-    MaybeSession(cs): MaybeSession,
-    addr: ClientAddr,
-    headers: HeaderMap,
-    req: Request,
+    AccountForm { cs, form, client }: AccountForm<PasswordChange>,
 ) -> Result<Response, ApiError> {
-    let Some(cs) = cs else {
-        return Ok(to_sign_in(&kw));
-    };
-    let form: PasswordChange = decode_form(&read_body(req).await?)?;
-    let client = client_info(&kw, addr, &headers);
     match kw
         .auth()
         .change_password(
@@ -533,16 +557,8 @@ async fn change_password(
 
 async fn change_email(
     State(kw): State<Keyward>,
-    MaybeSession(cs): MaybeSession,
-    addr: ClientAddr,
-    headers: HeaderMap,
-    req: Request,
+    AccountForm { cs, form, client }: AccountForm<crate::account::EmailChange>,
 ) -> Result<Response, ApiError> {
-    let Some(cs) = cs else {
-        return Ok(to_sign_in(&kw));
-    };
-    let form: crate::account::EmailChange = decode_form(&read_body(req).await?)?;
-    let client = client_info(&kw, addr, &headers);
     match kw
         .auth()
         .change_email(
@@ -636,9 +652,10 @@ async fn reset_password_page(State(kw): State<Keyward>, Query(q): Query<LinkQuer
         None => reset_request_form(
             &kw,
             q.sent.is_some().then(|| {
+                let lasting = keyward_core::TicketKind::ResetPassword.lasting();
                 alert(
                     "ok",
-                    "If an account matches and has a confirmed email address, a link was sent to it. It works for 30 minutes.",
+                    &format!("If an account matches and has a confirmed email address, a link was sent to it. It works for {lasting}."),
                 )
             }),
         ),
@@ -798,16 +815,8 @@ fn qr_svg(uri: &str) -> Option<String> {
 
 async fn totp_begin(
     State(kw): State<Keyward>,
-    MaybeSession(cs): MaybeSession,
-    addr: ClientAddr,
-    headers: HeaderMap,
-    req: Request,
+    AccountForm { cs, form, client }: AccountForm<crate::mfa::CurrentPassword>,
 ) -> Result<Response, ApiError> {
-    let Some(cs) = cs else {
-        return Ok(to_sign_in(&kw));
-    };
-    let form: crate::mfa::CurrentPassword = decode_form(&read_body(req).await?)?;
-    let client = client_info(&kw, addr, &headers);
     let enrolment = match kw
         .auth()
         .begin_totp(
@@ -844,16 +853,8 @@ async fn totp_begin(
 
 async fn totp_confirm(
     State(kw): State<Keyward>,
-    MaybeSession(cs): MaybeSession,
-    addr: ClientAddr,
-    headers: HeaderMap,
-    req: Request,
+    AccountForm { cs, form, client }: AccountForm<crate::mfa::Code>,
 ) -> Result<Response, ApiError> {
-    let Some(cs) = cs else {
-        return Ok(to_sign_in(&kw));
-    };
-    let form: crate::mfa::Code = decode_form(&read_body(req).await?)?;
-    let client = client_info(&kw, addr, &headers);
     let codes = match kw
         .auth()
         .confirm_totp(cs.session.user_id, &form.code, &client)
@@ -879,16 +880,8 @@ async fn totp_confirm(
 
 async fn totp_disable(
     State(kw): State<Keyward>,
-    MaybeSession(cs): MaybeSession,
-    addr: ClientAddr,
-    headers: HeaderMap,
-    req: Request,
+    AccountForm { cs, form, client }: AccountForm<crate::mfa::Disable>,
 ) -> Result<Response, ApiError> {
-    let Some(cs) = cs else {
-        return Ok(to_sign_in(&kw));
-    };
-    let form: crate::mfa::Disable = decode_form(&read_body(req).await?)?;
-    let client = client_info(&kw, addr, &headers);
     match kw
         .auth()
         .disable_totp(

@@ -22,17 +22,22 @@ pub enum RenderError {
     Build(#[from] lettre::error::Error),
 }
 
-/// The page a letter's link opens.
-pub fn link(kind: TicketKind, public_url: &url::Url, token: &str) -> String {
-    let page = match kind {
-        TicketKind::VerifyEmail => "verify-email",
-        // The second step of a sign-in is never mailed; a reset is the nearest page.
-        TicketKind::ResetPassword | TicketKind::MfaSignIn => "reset-password",
-    };
-    format!(
-        "{}/{page}?token={token}",
-        public_url.as_str().trim_end_matches('/')
-    )
+/// The page a letter's link opens; `None` for a ticket that is never mailed.
+fn page(kind: TicketKind) -> Option<&'static str> {
+    match kind {
+        TicketKind::VerifyEmail => Some("verify-email"),
+        TicketKind::ResetPassword => Some("reset-password"),
+        TicketKind::MfaSignIn => None,
+    }
+}
+
+/// The link of a letter of `kind`: `{public URL}/{page}?token=…`.
+pub fn link(kind: TicketKind, public_url: &url::Url, token: &str) -> Option<String> {
+    Some(format!(
+        "{}/{}?token={token}",
+        public_url.as_str().trim_end_matches('/'),
+        page(kind)?
+    ))
 }
 
 fn site(public_url: &url::Url) -> String {
@@ -44,14 +49,6 @@ fn when(t: OffsetDateTime) -> String {
     t.format(&f).unwrap_or_default()
 }
 
-fn lasting(kind: TicketKind) -> &'static str {
-    match kind {
-        TicketKind::VerifyEmail => "24 hours",
-        TicketKind::ResetPassword => "30 minutes",
-        TicketKind::MfaSignIn => "5 minutes",
-    }
-}
-
 struct Text {
     subject: String,
     intro: String,
@@ -61,8 +58,8 @@ struct Text {
     not_you: &'static str,
 }
 
-fn text(letter: &Letter, site: &str) -> Text {
-    match letter.kind {
+fn text(letter: &Letter, site: &str) -> Option<Text> {
+    Some(match letter.kind {
         TicketKind::VerifyEmail => Text {
             subject: format!("Confirm your email address on {site}"),
             intro: format!(
@@ -74,7 +71,7 @@ fn text(letter: &Letter, site: &str) -> Text {
             after: "Once confirmed, password-reset links for the account can be sent here.",
             not_you: "If this was not you, ignore this mail: the address will not be added to any account.",
         },
-        TicketKind::ResetPassword | TicketKind::MfaSignIn => Text {
+        TicketKind::ResetPassword => Text {
             subject: format!("Reset your password on {site}"),
             intro: format!(
                 "Someone asked to reset the password of the account \"{}\" on {site}.",
@@ -85,7 +82,8 @@ fn text(letter: &Letter, site: &str) -> Text {
             after: "Setting a new password signs the account out everywhere. If the account has a second factor, it is still asked for at the next sign-in.",
             not_you: "If you did not ask for this, ignore this mail: your password stays as it is, and nobody can use the link without this mailbox.",
         },
-    }
+        TicketKind::MfaSignIn => return None,
+    })
 }
 
 fn html_body(t: &Text, link: &str, valid: &str) -> Markup {
@@ -115,15 +113,13 @@ pub fn render(
     public_url: &url::Url,
     _now: OffsetDateTime,
 ) -> Result<Vec<u8>, RenderError> {
-    if letter.kind == TicketKind::MfaSignIn {
-        return Err(RenderError::NotMailed);
-    }
     let site = site(public_url);
-    let link = link(letter.kind, public_url, letter.token.expose());
-    let t = text(letter, &site);
+    let link =
+        link(letter.kind, public_url, letter.token.expose()).ok_or(RenderError::NotMailed)?;
+    let t = text(letter, &site).ok_or(RenderError::NotMailed)?;
     let valid = format!(
         "The link works once, for {} (until {}).",
-        lasting(letter.kind),
+        letter.kind.lasting(),
         when(letter.expires_at)
     );
     let plain = format!(
@@ -182,7 +178,17 @@ mod tests {
         // with Python's mail parser.
         assert_eq!(
             link(TicketKind::ResetPassword, &url, &secret),
-            format!("https://auth.example.com/kw/reset-password?token={secret}")
+            Some(format!(
+                "https://auth.example.com/kw/reset-password?token={secret}"
+            ))
         );
+        let mfa = Letter {
+            kind: TicketKind::MfaSignIn,
+            ..letter
+        };
+        assert!(matches!(
+            render(&mfa, &from, &url, OffsetDateTime::UNIX_EPOCH),
+            Err(RenderError::NotMailed)
+        ));
     }
 }

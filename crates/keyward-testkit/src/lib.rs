@@ -653,3 +653,21 @@ impl TestApp {
             .unwrap()
     }
 }
+
+/// The TOTP code an authenticator app shows for a base32 `secret` at `unix` seconds, from
+/// `oathtool` (Debian's oath-toolkit, which `scripts/test` installs): an implementation
+/// independent of keyward's.
+pub fn oathtool(secret: &str, unix: i64) -> String {
+    let out = std::process::Command::new("oathtool")
+        .args(["--totp", "--base32", "--now"])
+        .arg(format!("@{unix}"))
+        .arg(secret)
+        .output()
+        .expect("oathtool (scripts/test installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}

@@ -61,11 +61,10 @@ fn capabilities(profile: &std::path::Path) -> serde_json::Map<String, serde_json
     caps.as_object().unwrap().clone()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_browser_signs_in_sees_its_sessions_and_signs_out() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]).await;
-    let (_driver, driver_url) = chromedriver().await;
+/// A headless Chromium session through a private chromedriver, with a profile of its own
+/// (the driver and the profile go away with the returned handles).
+async fn browser() -> (fantoccini::Client, Child, tempfile::TempDir) {
+    let (driver, driver_url) = chromedriver().await;
     let profile = tempfile::tempdir().unwrap();
     let mut builder = ClientBuilder::new(HttpConnector::new());
     builder.capabilities(capabilities(profile.path()));
@@ -73,16 +72,24 @@ async fn a_browser_signs_in_sees_its_sessions_and_signs_out() {
         .connect(&driver_url)
         .await
         .expect("a WebDriver session");
-    let wait = |css: &'static str| {
-        let b = b.clone();
-        async move {
-            b.wait()
-                .at_most(Duration::from_secs(20))
-                .for_element(Locator::Css(css))
-                .await
-                .unwrap()
-        }
-    };
+    (b, driver, profile)
+}
+
+/// Wait (up to 20 s) until the page has an element matching `css`.
+async fn wait_for(b: fantoccini::Client, css: &str) -> fantoccini::elements::Element {
+    b.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_signs_in_sees_its_sessions_and_signs_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]).await;
+    let (b, _driver, _profile) = browser().await;
+    let wait = |css: &'static str| wait_for(b.clone(), css);
 
     // Register through the page.
     b.goto(&server.url("/register")).await.unwrap();
@@ -215,18 +222,6 @@ async fn a_browser_signs_in_sees_its_sessions_and_signs_out() {
     server.stop().await;
 }
 
-/// The code an authenticator app shows for `secret` at `unix` seconds (oathtool, independent
-/// of keyward).
-fn oath(secret: &str, unix: i64) -> String {
-    let out = std::process::Command::new("oathtool")
-        .args(["--totp", "--base32", "--now"])
-        .arg(format!("@{unix}"))
-        .arg(secret)
-        .output()
-        .expect("oathtool (scripts/test installs it)");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 /// What a phone's camera reads off the QR code: the screenshot of the drawn code, decoded by
 /// an independent QR reader (rqrr).
 fn scan(png: &[u8]) -> String {
@@ -247,24 +242,8 @@ fn scan(png: &[u8]) -> String {
 async fn a_browser_turns_on_two_step_sign_in_by_scanning_the_qr_code() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]).await;
-    let (_driver, driver_url) = chromedriver().await;
-    let profile = tempfile::tempdir().unwrap();
-    let mut builder = ClientBuilder::new(HttpConnector::new());
-    builder.capabilities(capabilities(profile.path()));
-    let b = builder
-        .connect(&driver_url)
-        .await
-        .expect("a WebDriver session");
-    let wait = |css: &'static str| {
-        let b = b.clone();
-        async move {
-            b.wait()
-                .at_most(Duration::from_secs(20))
-                .for_element(Locator::Css(css))
-                .await
-                .unwrap()
-        }
-    };
+    let (b, _driver, _profile) = browser().await;
+    let wait = |css: &'static str| wait_for(b.clone(), css);
     let fill = |css: &'static str, text: String| {
         let b = b.clone();
         async move {
@@ -333,7 +312,7 @@ async fn a_browser_turns_on_two_step_sign_in_by_scanning_the_qr_code() {
 
     // The app's code turns it on; the recovery codes are shown once.
     let now = keyward_core::Clock::now(&keyward_core::SystemClock).unix_timestamp();
-    fill("#code", oath(&secret, now)).await;
+    fill("#code", keyward_testkit::oathtool(&secret, now)).await;
     submit("form[action='/account/totp/confirm'] button").await;
     wait("#recovery-codes li").await;
     let codes = b
@@ -362,7 +341,7 @@ async fn a_browser_turns_on_two_step_sign_in_by_scanning_the_qr_code() {
             .all(|c| c.name() != "keyward"),
         "no session yet"
     );
-    fill("#code", oath(&secret, now + 30)).await;
+    fill("#code", keyward_testkit::oathtool(&secret, now + 30)).await;
     submit("form[action='/v1/sessions/mfa'] button").await;
     wait("#totp-state").await;
     assert_eq!(b.current_url().await.unwrap().path(), "/account");

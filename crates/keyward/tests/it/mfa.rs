@@ -2,26 +2,10 @@
 //! recovery codes, step-up, removal. Codes come from `oathtool` (Debian's oath-toolkit), an
 //! implementation independent of keyward's, at the time of the server's manual clock.
 
-use keyward_testkit::{cookie_pair, spawn_app_with, AppOptions, TestApp};
+use keyward_testkit::{cookie_pair, oathtool as oath, spawn_app_with, AppOptions, TestApp};
 use serde_json::{json, Value};
 
 const PW: &str = "correct-horse-battery";
-
-/// The code an authenticator app shows for `secret` at `unix` seconds.
-fn oath(secret: &str, unix: i64) -> String {
-    let out = std::process::Command::new("oathtool")
-        .args(["--totp", "--base32", "--now"])
-        .arg(format!("@{unix}"))
-        .arg(secret)
-        .output()
-        .expect("oathtool (scripts/test installs it)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 fn now(app: &TestApp) -> i64 {
     keyward_core::Clock::now(&*app.clock).unix_timestamp()

@@ -1054,11 +1054,7 @@ async fn mail_list_and_reset_mfa_work_on_a_running_server() {
         .unwrap();
     let secret = enrol["secret"].as_str().unwrap();
     let now = keyward_core::Clock::now(&keyward_core::SystemClock).unix_timestamp();
-    let code = std::process::Command::new("oathtool")
-        .args(["--totp", "--base32", "--now", &format!("@{now}"), secret])
-        .output()
-        .unwrap();
-    let code = String::from_utf8(code.stdout).unwrap();
+    let code = keyward_testkit::oathtool(secret, now);
     let res = client()
         .post(s.url("/v1/users/me/totp/confirm"))
         .header("cookie", &cookie)
