@@ -12,6 +12,7 @@ pub mod ids;
 pub mod mail;
 pub mod memory;
 pub mod mfa;
+pub mod oauth;
 pub mod password;
 pub mod recovery;
 pub mod secret;
@@ -33,6 +34,7 @@ pub use mail::{
 };
 pub use memory::MemorySessionStore;
 pub use mfa::{DynMfaStore, Enrolment, MfaRecord, MfaStore, Sealer};
+pub use oauth::{AuthorizationCode, Consent, DynGrantStore, Grant, GrantStore, Redeemed, Scopes};
 pub use password::PasswordHasher;
 pub use recovery::{DynTicketStore, ResetFor, Ticket, TicketStore};
 pub use secret::{Password, SessionToken, TokenHash};

@@ -71,6 +71,13 @@ pub enum ApiError {
     /// OAuth `invalid_client` (401): the caller's own credential is wrong.
     #[error("{0}")]
     InvalidClient(String),
+    /// OAuth `invalid_client` (401, `WWW-Authenticate: Basic`): an OAuth client is unknown or
+    /// failed to authenticate.
+    #[error("{0}")]
+    ClientAuthFailed(String),
+    /// OAuth `unauthorized_client` (400): the client may not use this grant.
+    #[error("{0}")]
+    UnauthorizedClient(String),
     /// A store is unavailable (503 with `Retry-After`).
     #[error("a store is unavailable")]
     Unavailable,
@@ -118,16 +125,18 @@ impl ApiError {
     /// The status code.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::BadRequest(_) | Self::InvalidGrant(_) | Self::UnsupportedGrantType(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::BadRequest(_)
+            | Self::InvalidGrant(_)
+            | Self::UnsupportedGrantType(_)
+            | Self::UnauthorizedClient(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized
             | Self::MfaRequired(_)
             | Self::SignInRefused(_)
             | Self::MfaTokenInvalid(_)
             | Self::InvalidCredentials
             | Self::InvalidToken
-            | Self::InvalidClient(_) => StatusCode::UNAUTHORIZED,
+            | Self::InvalidClient(_)
+            | Self::ClientAuthFailed(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -162,7 +171,10 @@ impl ApiError {
         match self {
             Self::InvalidGrant(_) => (StatusCode::BAD_REQUEST, "invalid_grant"),
             Self::UnsupportedGrantType(_) => (StatusCode::BAD_REQUEST, "unsupported_grant_type"),
-            Self::InvalidClient(_) => (StatusCode::UNAUTHORIZED, "invalid_client"),
+            Self::InvalidClient(_) | Self::ClientAuthFailed(_) => {
+                (StatusCode::UNAUTHORIZED, "invalid_client")
+            }
+            Self::UnauthorizedClient(_) => (StatusCode::BAD_REQUEST, "unauthorized_client"),
             Self::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "slow_down"),
             Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
@@ -198,6 +210,12 @@ impl ApiError {
             }
             Self::Unavailable => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            Self::ClientAuthFailed(_) => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"keyward\""),
+                );
             }
             _ if status == StatusCode::UNAUTHORIZED => {
                 h.insert(
@@ -356,6 +374,10 @@ impl From<TokenError> for ApiError {
                 "introspection needs Authorization: Bearer <introspection token>".into(),
             ),
             e @ TokenError::SecondFactorRequired => Self::InvalidGrant(e.to_string()),
+            TokenError::ClientAuthentication(why) => Self::ClientAuthFailed(why.into()),
+            TokenError::UnauthorizedClient(why) => Self::UnauthorizedClient(why.into()),
+            TokenError::InvalidCode(why) => Self::InvalidGrant(why.into()),
+            TokenError::InvalidRequest(why) => Self::BadRequest(why.into()),
             TokenError::Store(s) => s.into(),
             TokenError::Auth(a) => a.into(),
             other => Self::internal(other),

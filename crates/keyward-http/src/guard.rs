@@ -99,9 +99,20 @@ pub(crate) fn security_headers(res: &mut Response) {
         // A page whose URL carries a secret (a mailed link) sets `no-referrer` itself.
         h.entry(header::REFERRER_POLICY)
             .or_insert(HeaderValue::from_static("same-origin"));
-        h.insert(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(PAGE_POLICY),
-        );
+        // A page whose form leads on to an OAuth client sets a wider `form-action` itself
+        // (`page_policy_with_form_target`).
+        h.entry(header::CONTENT_SECURITY_POLICY)
+            .or_insert(HeaderValue::from_static(PAGE_POLICY));
     }
+}
+
+/// The page policy, with `form-action` also allowing `source`: browsers hold a form's whole
+/// redirect chain to `form-action`, so a sign-in, consent or sign-out form that ends at an
+/// OAuth client's redirect URI must name the client's origin.
+pub(crate) fn page_policy_with_form_target(source: &str) -> Option<HeaderValue> {
+    let policy = PAGE_POLICY.replace(
+        "form-action 'self'",
+        &format!("form-action 'self' {source}"),
+    );
+    HeaderValue::from_str(&policy).ok()
 }

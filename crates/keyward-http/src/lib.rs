@@ -18,6 +18,7 @@
 
 mod account;
 mod auth_session;
+mod authorize;
 pub mod error;
 pub mod extract;
 mod guard;

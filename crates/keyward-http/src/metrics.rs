@@ -89,11 +89,16 @@ fn describe() {
         "keyward_refresh_reuse_total",
         "Refresh tokens presented again after use (families revoked)"
     );
+    metrics::describe_counter!(
+        "keyward_code_replays_total",
+        "Authorization codes presented again after use (what they issued revoked)"
+    );
     // Present from the start so dashboards see zeros, not gaps.
-    for grant in ["password", "refresh_token"] {
+    for grant in ["password", "refresh_token", "authorization_code"] {
         metrics::counter!("keyward_tokens_issued_total", "grant" => grant).increment(0);
     }
     metrics::counter!("keyward_refresh_reuse_total").increment(0);
+    metrics::counter!("keyward_code_replays_total").increment(0);
     for result in ["ok", "failed", "throttled"] {
         metrics::counter!("keyward_logins_total", "result" => result).increment(0);
     }

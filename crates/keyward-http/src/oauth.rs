@@ -11,8 +11,11 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use base64::Engine as _;
 use keyward_core::Password;
+use keyward_token::code::{ClientCredentials, CodeExchange};
 use keyward_token::TokenService;
+use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
@@ -24,6 +27,8 @@ pub(crate) fn routes() -> Router<Keyward> {
         .route("/v1/token/introspect", post(introspect))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/.well-known/oauth-authorization-server", get(metadata))
+        .route("/.well-known/openid-configuration", get(metadata))
+        .merge(crate::authorize::routes())
 }
 
 /// The parameters of the OAuth endpoints, from a form or JSON. Every field is optional here so
@@ -34,9 +39,84 @@ struct Params {
     username: Option<String>,
     password: Option<String>,
     refresh_token: Option<String>,
+    code: Option<String>,
+    redirect_uri: Option<String>,
+    code_verifier: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    #[allow(dead_code)] // accepted: a refresh keeps the scopes of its grant
+    scope: Option<String>,
     token: Option<String>,
     #[allow(dead_code)] // accepted and ignored: tokens carry their own type
     token_type_hint: Option<String>,
+}
+
+/// The client credentials of a token request (RFC 6749 §2.3.1): HTTP Basic with the
+/// form-encoded id and secret, or `client_id` and `client_secret` in the body, never both.
+fn client_credentials(
+    headers: &axum::http::HeaderMap,
+    p: &mut Params,
+) -> Result<ClientCredentials, OAuth> {
+    let basic = match headers.get(header::AUTHORIZATION) {
+        Some(v) => {
+            let bad = || {
+                OAuth(ApiError::ClientAuthFailed(
+                    "malformed Basic credentials".into(),
+                ))
+            };
+            let text = v.to_str().map_err(|_| bad())?;
+            match text.split_once(' ') {
+                Some((scheme, b64)) if scheme.eq_ignore_ascii_case("basic") => {
+                    let raw = base64::engine::general_purpose::STANDARD
+                        .decode(b64.trim())
+                        .map_err(|_| bad())?;
+                    let raw = String::from_utf8(raw).map_err(|_| bad())?;
+                    let (id, secret) = raw.split_once(':').ok_or_else(bad)?;
+                    Some((
+                        form_decoded(id).ok_or_else(bad)?,
+                        form_decoded(secret).ok_or_else(bad)?,
+                    ))
+                }
+                _ => None,
+            }
+        }
+        None => None,
+    };
+    let form_id = p.client_id.take().filter(|s| !s.is_empty());
+    let form_secret = p.client_secret.take().filter(|s| !s.is_empty());
+    match basic {
+        Some((id, secret)) => {
+            if form_secret.is_some() {
+                return Err(OAuth(ApiError::BadRequest(
+                    "use one client authentication method, not Basic and client_secret both".into(),
+                )));
+            }
+            if form_id.as_ref().is_some_and(|f| *f != id) {
+                return Err(OAuth(ApiError::BadRequest(
+                    "client_id differs from the Basic credentials".into(),
+                )));
+            }
+            Ok(ClientCredentials {
+                id: Some(id),
+                secret: Some(SecretString::from(secret)),
+            })
+        }
+        None => Ok(ClientCredentials {
+            id: form_id,
+            secret: form_secret.map(SecretString::from),
+        }),
+    }
+}
+
+/// One component of Basic credentials, form-decoded (`+` is a space, `%XX` a byte).
+fn form_decoded(raw: &str) -> Option<String> {
+    if raw.contains(['&', '=']) {
+        return None;
+    }
+    url::form_urlencoded::parse(raw.as_bytes())
+        .next()
+        .map(|(k, _)| k.into_owned())
+        .or_else(|| raw.is_empty().then(String::new))
 }
 
 async fn params(req: Request) -> Result<Params, OAuth> {
@@ -67,43 +147,82 @@ async fn token(
     req: Request,
 ) -> Result<Response, OAuth> {
     let svc = service(&kw)?;
-    let p = params(req).await?;
-    let grant = required(p.grant_type, "grant_type")?;
-    let pair = match grant.as_str() {
-        "password" => {
+    let headers = req.headers().clone();
+    let mut p = params(req).await?;
+    let grant = required(p.grant_type.take(), "grant_type")?;
+    let known = ["password", "refresh_token", "authorization_code"];
+    let caller = if known.contains(&grant.as_str()) {
+        let creds = client_credentials(&headers, &mut p)?;
+        Some(svc.authenticate_client(creds, ip).await?)
+    } else {
+        None
+    };
+    let pair = match (grant.as_str(), caller) {
+        ("password", Some(caller)) => {
+            if caller.registered().is_some() {
+                return Err(OAuth(ApiError::UnauthorizedClient(
+                    "the password grant is only for keyward's own client; use the authorization code flow".into(),
+                )));
+            }
             let username = required(p.username, "username")?;
             let password = required(p.password, "password")?;
             svc.password_grant(&username, &Password::new(password), ip)
                 .await?
         }
-        "refresh_token" => {
-            svc.refresh_grant(&required(p.refresh_token, "refresh_token")?, ip)
-                .await?
+        ("refresh_token", Some(caller)) => {
+            svc.refresh_grant(
+                &required(p.refresh_token, "refresh_token")?,
+                caller.registered(),
+                ip,
+            )
+            .await?
+        }
+        ("authorization_code", Some(caller)) => {
+            let code = required(p.code, "code")?;
+            let exchange = CodeExchange {
+                code: &code,
+                redirect_uri: p.redirect_uri.as_deref(),
+                code_verifier: p.code_verifier.as_deref(),
+            };
+            svc.code_grant(&caller, exchange, ip).await?
         }
         other => {
-            let shown: String = other.chars().take(40).collect();
+            let shown: String = other.0.chars().take(40).collect();
             return Err(OAuth(ApiError::UnsupportedGrantType(format!(
                 "grant_type {shown:?} is not supported ({})",
                 grant_types(svc).join(", ")
             ))));
         }
     };
-    let body = json!({
-        "access_token": pair.access_token,
-        "token_type": "Bearer",
-        "expires_in": pair.expires_in,
-        "refresh_token": pair.refresh_token.expose(),
-    });
-    Ok(([(header::PRAGMA, "no-cache")], Json(body)).into_response())
+    let mut body = serde_json::Map::new();
+    body.insert("access_token".into(), pair.access_token.into());
+    body.insert("token_type".into(), "Bearer".into());
+    body.insert("expires_in".into(), pair.expires_in.into());
+    if let Some(refresh) = &pair.refresh_token {
+        body.insert("refresh_token".into(), refresh.expose().into());
+    }
+    if let Some(scope) = pair.scope {
+        body.insert("scope".into(), scope.into());
+    }
+    if let Some(id_token) = pair.id_token {
+        body.insert("id_token".into(), id_token.into());
+    }
+    Ok((
+        [
+            (header::PRAGMA, "no-cache"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        Json(body),
+    )
+        .into_response())
 }
 
 /// The grants the token endpoint offers.
 fn grant_types(svc: &TokenService) -> Vec<&'static str> {
-    let mut grants = Vec::new();
+    let mut grants = vec!["authorization_code", "refresh_token"];
     if svc.config().password_grant {
         grants.push("password");
     }
-    grants.push("refresh_token");
     grants
 }
 
@@ -154,17 +273,29 @@ async fn metadata(State(kw): State<Keyward>) -> Response {
         .as_str()
         .trim_end_matches('/')
         .to_owned();
+    // One document for RFC 8414 and OpenID Connect Discovery 1.0.
     Json(json!({
         "issuer": svc.config().issuer,
+        "authorization_endpoint": format!("{base}/oauth/authorize"),
         "token_endpoint": format!("{base}/v1/token"),
+        "userinfo_endpoint": format!("{base}/oauth/userinfo"),
         "jwks_uri": format!("{base}/.well-known/jwks.json"),
+        "end_session_endpoint": format!("{base}/oauth/logout"),
         "revocation_endpoint": format!("{base}/v1/token/revoke"),
         "introspection_endpoint": format!("{base}/v1/token/introspect"),
+        "scopes_supported": keyward_core::oauth::SCOPES,
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
         "grant_types_supported": grant_types(svc),
-        "response_types_supported": [],
-        "token_endpoint_auth_methods_supported": ["none"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "revocation_endpoint_auth_methods_supported": ["none"],
         "introspection_endpoint_auth_methods_supported": ["bearer"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "at_hash", "amr", "sid", "azp", "preferred_username", "email", "email_verified"],
+        "prompt_values_supported": ["none", "login", "consent"],
+        "authorization_response_iss_parameter_supported": true,
         "service_documentation": format!("{base}/openapi.json"),
     }))
     .into_response()

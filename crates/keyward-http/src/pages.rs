@@ -25,6 +25,7 @@ pub(crate) fn routes() -> Router<Keyward> {
         .route("/account", get(account_page))
         .route("/account/sessions/{id}/revoke", post(revoke_one))
         .route("/account/sessions/revoke-others", post(revoke_others))
+        .route("/account/apps/{client_id}/revoke", post(revoke_app))
         .route("/account/sign-out", post(sign_out))
         .route("/account/password", post(change_password))
         .route("/account/email", post(change_email))
@@ -48,7 +49,7 @@ async fn css() -> impl IntoResponse {
     )
 }
 
-fn layout(kw: &Keyward, title: &str, signed_in: Option<&str>, body: Markup) -> Markup {
+pub(crate) fn layout(kw: &Keyward, title: &str, signed_in: Option<&str>, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -74,7 +75,7 @@ fn layout(kw: &Keyward, title: &str, signed_in: Option<&str>, body: Markup) -> M
     }
 }
 
-fn page(status: StatusCode, markup: Markup) -> Response {
+pub(crate) fn page(status: StatusCode, markup: Markup) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
@@ -88,13 +89,17 @@ fn location(path: &str) -> HeaderValue {
     HeaderValue::from_str(path).unwrap_or_else(|_| HeaderValue::from_static("/"))
 }
 
-fn alert(kind: &str, text: &str) -> Markup {
+pub(crate) fn alert(kind: &str, text: &str) -> Markup {
     html! { p class=(format!("alert {kind}")) role=(if kind == "error" { "alert" } else { "status" }) { (text) } }
 }
 
 #[derive(Deserialize, Default)]
 struct SignInQuery {
     next: Option<String>,
+    /// An authorization request's `login_hint`: the username to fill in.
+    login_hint: Option<String>,
+    /// Sign in again although signed in (`prompt=login`, `max_age`).
+    reauth: Option<String>,
     registered: Option<String>,
     signed_out: Option<String>,
     reset: Option<String>,
@@ -126,7 +131,7 @@ async fn sign_in_page(
     MaybeSession(cs): MaybeSession,
     Query(q): Query<SignInQuery>,
 ) -> Response {
-    if let Some(cs) = cs {
+    if let Some(cs) = cs.filter(|_| q.reauth.is_none()) {
         let body = html! {
             section.card {
                 h1 { "You are signed in" }
@@ -152,13 +157,27 @@ async fn sign_in_page(
             "ok",
             "Your password was changed and every session ended. Sign in with the new password.",
         ))
+    } else if q.reauth.is_some() {
+        Some(alert("ok", "Sign in again to continue."))
     } else {
         None
     };
-    page(
+    let hint = q
+        .login_hint
+        .as_deref()
+        .filter(|h| h.chars().count() <= 64)
+        .unwrap_or("");
+    let mut res = page(
         StatusCode::OK,
-        layout(&kw, "Sign in", None, sign_in_form(&kw, "", &next, message)),
-    )
+        layout(
+            &kw,
+            "Sign in",
+            None,
+            sign_in_form(&kw, hint, &next, message),
+        ),
+    );
+    crate::authorize::allow_continuation(&kw, &mut res, &next);
+    res
 }
 
 /// The sign-in page again after a failed form login, with the failure's status.
@@ -170,7 +189,7 @@ pub(crate) fn sign_in_failed(
 ) -> Response {
     if let ApiError::MfaRequired(token) = &err {
         let next = local_target(next, &kw.path("/account"));
-        return page(
+        let mut res = page(
             StatusCode::OK,
             layout(
                 kw,
@@ -179,6 +198,8 @@ pub(crate) fn sign_in_failed(
                 code_form(kw, token.expose(), &next, None),
             ),
         );
+        crate::authorize::allow_continuation(kw, &mut res, &next);
+        return res;
     }
     let status = err.status();
     let text = match &err {
@@ -206,6 +227,7 @@ pub(crate) fn sign_in_failed(
             sign_in_form(kw, shown, &next, Some(alert("error", &text))),
         ),
     );
+    crate::authorize::allow_continuation(kw, &mut res, &next);
     if let ApiError::TooManyRequests { retry_after } = err {
         res.headers_mut().insert(
             header::RETRY_AFTER,
@@ -320,6 +342,10 @@ async fn render_account(
         .user_by_id(cs.session.user_id)
         .await?
         .ok_or(ApiError::Unauthorized)?;
+    let apps = match kw.tokens() {
+        Some(svc) => svc.consents(user.id).await?,
+        None => Vec::new(),
+    };
     let mfa_left = if user.totp {
         kw.auth().mfa_state(user.id).await?.recovery_codes_left
     } else {
@@ -357,6 +383,30 @@ async fn render_account(
             div.actions {
                 form method="post" action=(kw.path("/account/sessions/revoke-others")) { button.danger type="submit" { "Sign out everywhere else" } }
                 form method="post" action=(kw.path("/account/sign-out")) { button.secondary type="submit" { "Sign out" } }
+            }
+            h2 { "Apps with access" }
+            @if apps.is_empty() {
+                p #apps-none { "No other application has access to your account." }
+            } @else {
+                p { "Applications you allowed to use your account. Revoking one also signs it out." }
+                table #apps {
+                    caption.visually-hidden { "Applications with access" }
+                    thead { tr { th scope="col" { "Application" } th scope="col" { "Access" } th scope="col" { "Allowed" } th scope="col" { span.visually-hidden { "Action" } } } }
+                    tbody {
+                        @for (consent, name) in &apps {
+                            tr data-client-id=(consent.client_id) {
+                                td { (name) }
+                                td { (consent.scope.to_string()) }
+                                td { time datetime=(fmt_time(consent.granted_at)) { (human_time(consent.granted_at)) } }
+                                td {
+                                    form method="post" action=(kw.path(&format!("/account/apps/{}/revoke", consent.client_id))) {
+                                        button.danger type="submit" aria-label=(format!("Revoke access of {name}")) { "Revoke" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
             }
             h2 { "Email" }
             @match &user.email {
@@ -492,6 +542,21 @@ async fn revoke_one(
             )
                 .into_response());
         }
+    }
+    Ok(Redirect::to(&kw.path("/account")).into_response())
+}
+
+/// Withdraw a consent from the account page; the app's tokens for this user go with it.
+async fn revoke_app(
+    State(kw): State<Keyward>,
+    MaybeSession(cs): MaybeSession,
+    Path(client_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let Some(cs) = cs else {
+        return Ok(to_sign_in(&kw));
+    };
+    if let Some(svc) = kw.tokens() {
+        svc.revoke_consent(cs.session.user_id, &client_id).await?;
     }
     Ok(Redirect::to(&kw.path("/account")).into_response())
 }
@@ -786,7 +851,7 @@ pub(crate) fn code_failed(
         return sign_in_failed(kw, "", next, err);
     }
     let next = local_target(next, &kw.path("/account"));
-    let res = page(
+    let mut res = page(
         err.status(),
         layout(
             kw,
@@ -795,6 +860,7 @@ pub(crate) fn code_failed(
             code_form(kw, mfa_token, &next, Some(alert("error", &err.detail()))),
         ),
     );
+    crate::authorize::allow_continuation(kw, &mut res, &next);
     with_retry(res, &err)
 }
 

@@ -11,7 +11,13 @@ const COLS: &str =
 const INSERT: &str = "INSERT INTO oauth_clients \
      (id, name, redirect_uris, post_logout_redirect_uris, secret_hash, first_party, created_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7)";
-const DELETE: &str = "DELETE FROM oauth_clients WHERE id = $1";
+/// A client goes with its codes, grants and consents.
+const DELETE: [&str; 4] = [
+    "DELETE FROM oauth_codes WHERE client_id = $1",
+    "DELETE FROM oauth_grants WHERE client_id = $1",
+    "DELETE FROM oauth_consents WHERE client_id = $1",
+    "DELETE FROM oauth_clients WHERE id = $1",
+];
 
 #[derive(sqlx::FromRow)]
 struct ClientRow {
@@ -88,11 +94,20 @@ impl ClientStore for SqlStore {
     }
 
     async fn delete_client(&self, id: &str) -> StoreResult<bool> {
-        on!(self, |p| sqlx::query(DELETE)
-            .bind(id)
-            .execute(p)
-            .await
-            .map(|d| d.rows_affected() > 0))
+        on!(self, |p| async {
+            let mut tx = p.begin().await?;
+            let mut deleted = 0;
+            for sql in DELETE {
+                deleted = sqlx::query(sql)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            }
+            tx.commit().await?;
+            Ok::<bool, sqlx::Error>(deleted > 0)
+        }
+        .await)
         .map_err(store_error)
     }
 }

@@ -11,6 +11,7 @@ mod failures;
 mod feed;
 mod mail;
 mod mfa;
+mod oauth;
 mod readers;
 mod rows;
 mod sessions;

@@ -1232,6 +1232,160 @@ pub async fn clients_round_trip<S: keyward_core::ClientStore + ?Sized>(s: &S) {
     assert_eq!(s.list_clients().await.unwrap().len(), 1);
 }
 
+/// Codes, grants and consents: a code is used up once by compare-and-set and names its
+/// family, a second use is recognised (and marked) as a replay, an expired or unknown code
+/// is invalid; grants and consents round-trip, are removed per user and client, and go with
+/// their client.
+pub async fn grants_and_consents<
+    S: keyward_core::GrantStore + keyward_core::ClientStore + ?Sized,
+>(
+    s: &S,
+) {
+    use keyward_core::{Amr, AuthorizationCode, Consent, Grant, Redeemed, Scopes};
+    let user = UserId::new();
+    let other = UserId::new();
+    let client = keyward_core::ClientRecord {
+        id: keyward_core::clients::new_client_id().unwrap(),
+        name: "Photos".into(),
+        redirect_uris: vec!["https://photos.example.com/cb".into()],
+        post_logout_redirect_uris: vec![],
+        secret_hash: None,
+        first_party: false,
+        created_at: t0(),
+    };
+    s.create_client(&client).await.unwrap();
+    let secret = SessionToken::generate().unwrap();
+    let code = AuthorizationCode {
+        hash: secret.hash(),
+        family_id: SessionId::new(),
+        client_id: client.id.clone(),
+        redirect_uri: "https://photos.example.com/cb".into(),
+        code_challenge: "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into(),
+        nonce: Some("n-0S6_WzA2Mj".into()),
+        scope: Scopes::parse("openid email offline_access").unwrap(),
+        user_id: user,
+        session_id: SessionId::new(),
+        auth_time: t0() - Duration::minutes(3),
+        amr: Amr::PWD_OTP,
+        created_at: t0(),
+        expires_at: t0() + keyward_core::oauth::CODE_TTL,
+    };
+    s.insert_code(&code).await.unwrap();
+    assert!(!s.code_replayed(&code.hash).await.unwrap());
+    let family = code.family_id;
+    let now = t0() + Duration::seconds(10);
+    assert_eq!(
+        s.redeem_code(&code.hash, now).await.unwrap(),
+        Redeemed::Fresh(Box::new(code.clone())),
+        "stored whole, used up by its first redemption"
+    );
+    assert_eq!(
+        s.redeem_code(&code.hash, now).await.unwrap(),
+        Redeemed::Replayed(family),
+        "a second use names the code's family"
+    );
+    assert!(s.code_replayed(&code.hash).await.unwrap());
+    let unknown = SessionToken::generate().unwrap().hash();
+    assert_eq!(
+        s.redeem_code(&unknown, now).await.unwrap(),
+        Redeemed::Invalid
+    );
+    let late = AuthorizationCode {
+        hash: SessionToken::generate().unwrap().hash(),
+        nonce: None,
+        ..code.clone()
+    };
+    s.insert_code(&late).await.unwrap();
+    assert_eq!(
+        s.redeem_code(&late.hash, late.expires_at).await.unwrap(),
+        Redeemed::Invalid,
+        "expired at its expiry"
+    );
+    assert!(!s.code_replayed(&late.hash).await.unwrap());
+
+    let grant = Grant {
+        family_id: family,
+        client_id: client.id.clone(),
+        user_id: user,
+        scope: code.scope.clone(),
+        created_at: now,
+        expires_at: now + Duration::days(30),
+    };
+    s.insert_grant(&grant).await.unwrap();
+    let others = Grant {
+        family_id: SessionId::new(),
+        user_id: other,
+        ..grant.clone()
+    };
+    s.insert_grant(&others).await.unwrap();
+    assert_eq!(s.grant(family).await.unwrap(), Some(grant.clone()));
+    assert_eq!(s.grant(SessionId::new()).await.unwrap(), None);
+    assert_eq!(
+        s.remove_grants(Some(user), &client.id).await.unwrap(),
+        vec![family]
+    );
+    assert_eq!(s.grant(family).await.unwrap(), None);
+    assert_eq!(
+        s.grant(others.family_id).await.unwrap(),
+        Some(others.clone())
+    );
+
+    let consent = Consent {
+        user_id: user,
+        client_id: client.id.clone(),
+        scope: Scopes::parse("openid").unwrap(),
+        granted_at: now,
+    };
+    assert_eq!(s.consent(user, &client.id).await.unwrap(), None);
+    s.put_consent(&consent).await.unwrap();
+    let wider = Consent {
+        scope: Scopes::parse("openid profile").unwrap(),
+        granted_at: now + Duration::seconds(1),
+        ..consent.clone()
+    };
+    s.put_consent(&wider).await.unwrap();
+    assert_eq!(
+        s.consent(user, &client.id).await.unwrap(),
+        Some(wider.clone())
+    );
+    assert_eq!(s.consents(user).await.unwrap(), vec![wider]);
+    assert!(s.consents(other).await.unwrap().is_empty());
+    assert!(s.delete_consent(user, &client.id).await.unwrap());
+    assert!(!s.delete_consent(user, &client.id).await.unwrap());
+
+    // Purging keeps a used code a day past its expiry, then forgets it.
+    s.put_consent(&consent).await.unwrap();
+    s.purge_grants(code.expires_at + Duration::hours(1))
+        .await
+        .unwrap();
+    assert!(s.code_replayed(&code.hash).await.unwrap());
+    s.purge_grants(code.expires_at + Duration::days(2))
+        .await
+        .unwrap();
+    assert!(!s.code_replayed(&code.hash).await.unwrap());
+    assert_eq!(
+        s.grant(others.family_id).await.unwrap(),
+        Some(others.clone())
+    );
+    s.purge_grants(others.expires_at).await.unwrap();
+    assert_eq!(s.grant(others.family_id).await.unwrap(), None);
+
+    // A client goes with its codes, grants and consents.
+    s.insert_grant(&grant).await.unwrap();
+    let pending = AuthorizationCode {
+        hash: SessionToken::generate().unwrap().hash(),
+        ..code.clone()
+    };
+    s.insert_code(&pending).await.unwrap();
+    assert!(s.delete_client(&client.id).await.unwrap());
+    assert_eq!(s.grant(family).await.unwrap(), None);
+    assert_eq!(s.consent(user, &client.id).await.unwrap(), None);
+    assert_eq!(
+        s.redeem_code(&pending.hash, now).await.unwrap(),
+        Redeemed::Invalid
+    );
+}
+
 /// Generate the conformance tests of what only the database keeps: emails, tickets, the
 /// outbox, second factors and OAuth clients. `$make` returns a fixture whose store is all.
 #[macro_export]
@@ -1253,6 +1407,11 @@ macro_rules! account_store_conformance {
             async fn clients_round_trip() {
                 let f = $make().await;
                 c::clients_round_trip(&*f.store).await
+            }
+            #[tokio::test]
+            async fn grants_and_consents() {
+                let f = $make().await;
+                c::grants_and_consents(&*f.store).await
             }
             #[tokio::test]
             async fn second_factors() {

@@ -33,6 +33,10 @@ pub struct AccessClaims {
     pub client_id: String,
     /// The user's name, so resource servers need no look-up.
     pub preferred_username: String,
+    /// RFC 9068 `scope`: the scopes granted to a registered client (tokens of the built-in
+    /// client have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 /// The media type in the `typ` header.

@@ -305,19 +305,20 @@ impl Keyring {
     /// A keyring of these keys (any order), dropping those retired at `now`.
     pub fn new(mut keys: Vec<SigningKey>, now: OffsetDateTime, access_ttl: Duration) -> Self {
         keys.sort_by_key(|k| k.created_at);
-        let created: Vec<OffsetDateTime> = keys.iter().map(|k| k.created_at).collect();
+        let ages: Vec<(SigningAlg, OffsetDateTime)> =
+            keys.iter().map(|k| (k.alg, k.created_at)).collect();
         let keys = keys
             .into_iter()
             .enumerate()
-            .filter(|(i, _)| !is_retired(&created, *i, now, access_ttl))
+            .filter(|(i, _)| !is_retired(&ages, *i, now, access_ttl))
             .map(|(_, k)| Arc::new(k))
             .collect();
         Self { keys }
     }
 
-    /// The key that signs new tokens.
-    pub fn current(&self) -> Option<&Arc<SigningKey>> {
-        self.keys.last()
+    /// The key that signs new tokens of this algorithm: the newest of it.
+    pub fn current(&self, alg: SigningAlg) -> Option<&Arc<SigningKey>> {
+        self.keys.iter().rev().find(|k| k.alg == alg)
     }
 
     /// A key by id, among those still valid.
@@ -338,17 +339,69 @@ impl Keyring {
     }
 }
 
-/// Whether key `i` (of keys sorted by creation) is retired at `now`: a newer key has been
-/// signing for longer than any token lives.
+/// ID tokens are signed RS256 (every OpenID client supports it), so an RS256 key is always
+/// kept beside the access-token keys of another algorithm. Keys form two chains that rotate
+/// together: RS256 keys (which sign ID tokens, and access tokens when the access algorithm is
+/// RS256) and the others. A key retires when a newer key of its chain has been signing for
+/// longer than any token lives.
+pub const ID_TOKEN_ALG: SigningAlg = SigningAlg::RS256;
+
+fn chain(alg: SigningAlg) -> bool {
+    alg == ID_TOKEN_ALG
+}
+
+/// The keys a rotation makes for access-token algorithm `alg`: a key of it and, unless it is
+/// RS256, an RS256 key for ID tokens.
+pub fn generate_set(
+    alg: SigningAlg,
+    kek: &Kek,
+    now: OffsetDateTime,
+) -> Result<Vec<StoredKey>, KeyError> {
+    let mut set = vec![generate(alg, kek, now)?];
+    if alg != ID_TOKEN_ALG {
+        set.push(generate(ID_TOKEN_ALG, kek, now)?);
+    }
+    Ok(set)
+}
+
+/// The algorithm and creation of stored keys (sorted by creation), as [`is_retired`] reads
+/// them; a key of an unknown algorithm counts as an access-token key.
+pub fn ages(stored: &[StoredKey]) -> Vec<(SigningAlg, OffsetDateTime)> {
+    stored
+        .iter()
+        .map(|k| {
+            (
+                SigningAlg::parse(&k.alg).unwrap_or(SigningAlg::EdDSA),
+                k.created_at,
+            )
+        })
+        .collect()
+}
+
+/// Whether key `i` of `keys` (algorithm and creation, sorted by creation) is retired at
+/// `now`: a newer key of its chain has been signing for longer than any token lives.
 pub fn is_retired(
-    created: &[OffsetDateTime],
+    keys: &[(SigningAlg, OffsetDateTime)],
     i: usize,
     now: OffsetDateTime,
     access_ttl: Duration,
 ) -> bool {
-    created
-        .get(i + 1)
-        .is_some_and(|next| *next + access_ttl <= now)
+    let Some((alg, created)) = keys.get(i) else {
+        return false;
+    };
+    keys.iter()
+        .skip(i + 1)
+        .any(|(a, c)| chain(*a) == chain(*alg) && c >= created && *c + access_ttl <= now)
+}
+
+/// Whether key `i` of `keys` (as for [`is_retired`]) is the newest of its chain.
+pub fn is_newest(keys: &[(SigningAlg, OffsetDateTime)], i: usize) -> bool {
+    keys.get(i).is_some_and(|(alg, _)| {
+        !keys
+            .iter()
+            .skip(i + 1)
+            .any(|(a, _)| chain(*a) == chain(*alg))
+    })
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 //! introspection. No HTTP here.
 #![deny(missing_docs)]
 
+pub mod code;
+pub mod id;
 pub mod jwt;
 pub mod keys;
 
@@ -13,8 +15,8 @@ pub use keys::{Kek, KeyError, Keyring, SigningAlg, SigningKey};
 use keyward_core::auth::show_ip;
 use keyward_core::throttle::Refused;
 use keyward_core::{
-    AuthError, AuthService, ClientInfo, DynKeyStore, DynTokenStore, Password, RefreshFamily,
-    RotateOutcome, SessionId, SessionToken, StoreError, AUDIT,
+    AuthError, AuthService, ClientInfo, DynClientStore, DynGrantStore, DynKeyStore, DynTokenStore,
+    Password, RefreshFamily, RotateOutcome, SessionId, SessionToken, StoreError, AUDIT,
 };
 use secrecy::{ExposeSecret, SecretString};
 use std::net::IpAddr;
@@ -86,6 +88,19 @@ pub enum TokenError {
     /// The caller's credential (the introspection secret) is missing or wrong.
     #[error("client authentication failed")]
     InvalidClient,
+    /// An OAuth client is unknown, or its authentication is missing or wrong (RFC 6749
+    /// `invalid_client`).
+    #[error("{0}")]
+    ClientAuthentication(&'static str),
+    /// The client may not use this grant (RFC 6749 `unauthorized_client`).
+    #[error("{0}")]
+    UnauthorizedClient(&'static str),
+    /// An authorization code, or what it is bound to, does not hold (`invalid_grant`).
+    #[error("{0}")]
+    InvalidCode(&'static str),
+    /// A required parameter is missing or malformed (`invalid_request`).
+    #[error("{0}")]
+    InvalidRequest(&'static str),
     /// A store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -99,7 +114,7 @@ pub enum TokenError {
     #[error("no signing key")]
     NoSigningKey,
     /// The account has a second factor, which the password grant cannot ask for.
-    #[error("this account signs in with a second factor, which the password grant cannot give; sign in with POST /v1/sessions")]
+    #[error("this account signs in with a second factor, which the password grant cannot ask for; use the authorization code flow (/oauth/authorize) or sign in with POST /v1/sessions")]
     SecondFactorRequired,
     /// Anything else from the auth service.
     #[error(transparent)]
@@ -118,15 +133,20 @@ impl From<AuthError> for TokenError {
     }
 }
 
-/// An issued pair.
+/// What a grant issues.
 #[derive(Debug)]
 pub struct TokenPair {
     /// The signed access token.
     pub access_token: String,
     /// Seconds until it expires.
     pub expires_in: i64,
-    /// The opaque refresh token (only its hash is stored).
-    pub refresh_token: SessionToken,
+    /// The opaque refresh token (only its hash is stored); the code grant gives one only
+    /// with `offline_access`.
+    pub refresh_token: Option<SessionToken>,
+    /// The granted scopes (grants of registered clients).
+    pub scope: Option<String>,
+    /// The OpenID Connect ID token (the code grant, with `openid`).
+    pub id_token: Option<String>,
 }
 
 /// What introspection says of an active token (RFC 7662).
@@ -155,6 +175,9 @@ pub struct Introspection {
     pub aud: String,
     /// Client.
     pub client_id: String,
+    /// Granted scopes (tokens of registered clients).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 /// The token service.
@@ -173,7 +196,18 @@ pub struct TokenService {
     /// When an unknown `kid` last made us read the keys again (Unix ms): at most once per
     /// five seconds, so garbage `kid`s cannot turn into store load.
     last_reload_ms: std::sync::atomic::AtomicI64,
+    clients: DynClientStore,
+    grants: DynGrantStore,
     config: TokenConfig,
+}
+
+/// Where the authorization code flow keeps its state (the database).
+#[derive(Clone)]
+pub struct OAuthStores {
+    /// Registered clients.
+    pub clients: DynClientStore,
+    /// Codes, grants and consents.
+    pub grants: DynGrantStore,
 }
 
 impl std::fmt::Debug for TokenService {
@@ -201,6 +235,7 @@ impl TokenService {
         tokens: DynTokenStore,
         key_store: DynKeyStore,
         kek: Kek,
+        oauth: OAuthStores,
         config: TokenConfig,
     ) -> Result<Self, TokenError> {
         let successor_key = kek.derive(b"keyward refresh-token successor v1");
@@ -219,13 +254,39 @@ impl TokenService {
                 .build(),
             keyring: RwLock::new(Arc::new(Keyring::default())),
             last_reload_ms: std::sync::atomic::AtomicI64::new(0),
+            clients: oauth.clients,
+            grants: oauth.grants,
             config,
         };
-        if svc.key_store.list_keys().await?.is_empty() {
-            svc.rotate_key().await?;
-        }
+        svc.ensure_keys().await?;
         svc.reload_keys().await?;
         Ok(svc)
+    }
+
+    /// Make the keys that are missing: one of the access-token algorithm (at first start, or
+    /// after `--token-algorithm` changed) and an RS256 key for ID tokens. Nodes starting at
+    /// once may each add one; the newest signs, and the others retire in time.
+    async fn ensure_keys(&self) -> Result<(), TokenError> {
+        let stored = self.key_store.list_keys().await?;
+        let now = self.now();
+        for alg in [self.config.algorithm, keys::ID_TOKEN_ALG] {
+            if !stored.iter().any(|k| k.alg == alg.name()) {
+                let key = keys::generate(alg, &self.kek, now)?;
+                self.key_store.insert_key(&key).await?;
+                tracing::info!(target: AUDIT, event = "signing_key_created", kid = %key.kid, alg = %key.alg, reason = "missing");
+            }
+        }
+        Ok(())
+    }
+
+    /// The registered OAuth clients.
+    pub fn clients(&self) -> &DynClientStore {
+        &self.clients
+    }
+
+    /// Codes, grants and consents.
+    pub fn grants(&self) -> &DynGrantStore {
+        &self.grants
     }
 
     /// The settings.
@@ -250,10 +311,10 @@ impl TokenService {
     pub async fn reload_keys(&self) -> Result<(), TokenError> {
         let stored = self.key_store.list_keys().await?;
         let now = self.now();
-        let created: Vec<OffsetDateTime> = stored.iter().map(|k| k.created_at).collect();
+        let ages = keys::ages(&stored);
         let mut loaded = Vec::new();
         for (i, s) in stored.iter().enumerate() {
-            if keys::is_retired(&created, i, now, self.config.access_ttl) {
+            if keys::is_retired(&ages, i, now, self.config.access_ttl) {
                 self.key_store.delete_key(&s.kid).await?;
                 tracing::info!(target: AUDIT, event = "signing_key_retired", kid = %s.kid);
                 continue;
@@ -280,7 +341,10 @@ impl TokenService {
         if newest.is_some_and(|t| t > due_since) {
             return Ok(None);
         }
-        let stored = keys::generate(self.config.algorithm, &self.kek, now)?;
+        let mut set = keys::generate_set(self.config.algorithm, &self.kek, now)?.into_iter();
+        let Some(stored) = set.next() else {
+            return Ok(None);
+        };
         if !self
             .key_store
             .insert_key_unless_newer(&stored, due_since)
@@ -290,22 +354,46 @@ impl TokenService {
             return Ok(None);
         }
         tracing::info!(target: AUDIT, event = "signing_key_created", kid = %stored.kid, alg = %stored.alg, reason = "schedule");
+        // The winner of the schedule adds the ID-token key of the same rotation.
+        for companion in set {
+            self.key_store.insert_key(&companion).await?;
+            tracing::info!(target: AUDIT, event = "signing_key_created", kid = %companion.kid, alg = %companion.alg, reason = "schedule");
+        }
         self.reload_keys().await?;
         Ok(Some(stored.kid))
     }
 
-    /// Generate and store a new signing key with the configured algorithm, then use it.
+    /// Generate and store new signing keys (the configured algorithm's, and an RS256 one for
+    /// ID tokens when that is another), then use them. Returns the access-token key's id.
     pub async fn rotate_key(&self) -> Result<String, TokenError> {
-        let stored = keys::generate(self.config.algorithm, &self.kek, self.now())?;
-        self.key_store.insert_key(&stored).await?;
-        tracing::info!(target: AUDIT, event = "signing_key_created", kid = %stored.kid, alg = %stored.alg);
+        let set = keys::generate_set(self.config.algorithm, &self.kek, self.now())?;
+        for stored in &set {
+            self.key_store.insert_key(stored).await?;
+            tracing::info!(target: AUDIT, event = "signing_key_created", kid = %stored.kid, alg = %stored.alg);
+        }
         self.reload_keys().await?;
-        Ok(stored.kid)
+        set.into_iter()
+            .next()
+            .map(|k| k.kid)
+            .ok_or(TokenError::NoSigningKey)
     }
 
+    /// Sign an access token of `family` for the built-in client.
     fn issue(&self, family: &RefreshFamily) -> Result<(String, i64), TokenError> {
+        self.issue_for(family, CLIENT_ID, None)
+    }
+
+    /// Sign an access token of `family` for `client_id`, with `scope` when it has one.
+    fn issue_for(
+        &self,
+        family: &RefreshFamily,
+        client_id: &str,
+        scope: Option<String>,
+    ) -> Result<(String, i64), TokenError> {
         let ring = self.keyring();
-        let key = ring.current().ok_or(TokenError::NoSigningKey)?;
+        let key = ring
+            .current(self.config.algorithm)
+            .ok_or(TokenError::NoSigningKey)?;
         let now = self.now();
         // Never past the family's end: a revoked family must deny every token it issued, and
         // stores keep a family's record only so long after its end.
@@ -319,8 +407,9 @@ impl TokenService {
             nbf: unix(now),
             jti: uuid::Uuid::new_v4().to_string(),
             sid: family.id.to_string(),
-            client_id: CLIENT_ID.to_owned(),
+            client_id: client_id.to_owned(),
             preferred_username: family.username.clone(),
+            scope,
         };
         let token = jwt::sign(key, &claims).map_err(TokenError::Sign)?;
         Ok((token, (exp - now).whole_seconds().max(0)))
@@ -368,7 +457,9 @@ impl TokenService {
         Ok(TokenPair {
             access_token,
             expires_in,
-            refresh_token: refresh,
+            refresh_token: Some(refresh),
+            scope: None,
+            id_token: None,
         })
     }
 
@@ -384,20 +475,30 @@ impl TokenService {
 
     /// `grant_type=refresh_token`: rotate; a reused token revokes its whole family. Invalid
     /// tokens count against the caller's address.
+    ///
+    /// A refresh token is bound to the client it was issued to: `client` is the caller
+    /// (already authenticated; `None` for the built-in client). Presented by another client,
+    /// the token is refused and its family revoked, since it has leaked.
     pub async fn refresh_grant(
         &self,
         presented: &str,
+        client: Option<&keyward_core::ClientRecord>,
         ip: Option<IpAddr>,
     ) -> Result<TokenPair, TokenError> {
         self.admitted(ip)?;
-        let outcome = self.rotate(presented, ip).await;
+        let outcome = self.rotate(presented, client, ip).await;
         if matches!(outcome, Err(TokenError::InvalidGrant)) {
             self.auth.throttle().token_failed(ip).await;
         }
         outcome
     }
 
-    async fn rotate(&self, presented: &str, ip: Option<IpAddr>) -> Result<TokenPair, TokenError> {
+    async fn rotate(
+        &self,
+        presented: &str,
+        client: Option<&keyward_core::ClientRecord>,
+        ip: Option<IpAddr>,
+    ) -> Result<TokenPair, TokenError> {
         let Some(presented) = SessionToken::parse(presented) else {
             return Err(TokenError::InvalidGrant);
         };
@@ -413,14 +514,25 @@ impl TokenService {
             .await?
         {
             RotateOutcome::Rotated(family) => {
-                let (access_token, expires_in) = self.issue(&family)?;
+                let grant = self.grants.grant(family.id).await?;
+                let bound_to = grant.as_ref().map_or(CLIENT_ID, |g| g.client_id.as_str());
+                let caller = client.map_or(CLIENT_ID, |c| c.id.as_str());
+                if bound_to != caller {
+                    self.tokens.revoke_family(family.id, self.now()).await?;
+                    tracing::warn!(target: AUDIT, event = "refresh_token_wrong_client", user_id = %family.user_id, sid = %family.id, client_id = %caller, bound_to = %bound_to, ip = %show_ip(ip));
+                    return Err(TokenError::InvalidGrant);
+                }
+                let scope = grant.map(|g| g.scope.to_string());
+                let (access_token, expires_in) = self.issue_for(&family, caller, scope.clone())?;
                 metrics::counter!("keyward_tokens_issued_total", "grant" => "refresh_token")
                     .increment(1);
-                tracing::info!(target: AUDIT, event = "token_refreshed", user_id = %family.user_id, sid = %family.id, ip = %show_ip(ip));
+                tracing::info!(target: AUDIT, event = "token_refreshed", user_id = %family.user_id, sid = %family.id, client_id = %caller, ip = %show_ip(ip));
                 Ok(TokenPair {
                     access_token,
                     expires_in,
-                    refresh_token: next,
+                    refresh_token: Some(next),
+                    scope,
+                    id_token: None,
                 })
             }
             RotateOutcome::Reused(family) => {
@@ -570,6 +682,7 @@ impl TokenService {
             let Some(family) = self.tokens.family_of(&refresh.hash(), now).await? else {
                 return Ok(None);
             };
+            let grant = self.grants.grant(family.id).await?;
             return Ok(Some(Introspection {
                 active: true,
                 token_type: "refresh_token",
@@ -581,7 +694,10 @@ impl TokenService {
                 sid: family.id.to_string(),
                 iss: self.config.issuer.clone(),
                 aud: self.config.audience.clone(),
-                client_id: CLIENT_ID.to_owned(),
+                client_id: grant
+                    .as_ref()
+                    .map_or_else(|| CLIENT_ID.to_owned(), |g| g.client_id.clone()),
+                scope: grant.map(|g| g.scope.to_string()),
             }));
         }
         Ok(self.authenticate(token).await?.map(|c| Introspection {
@@ -596,11 +712,13 @@ impl TokenService {
             iss: c.iss,
             aud: c.aud,
             client_id: c.client_id,
+            scope: c.scope,
         }))
     }
 
     /// Remove expired families, tokens and deny-list entries.
     pub async fn purge(&self) -> Result<u64, StoreError> {
-        self.tokens.purge_tokens(self.now()).await
+        let now = self.now();
+        Ok(self.tokens.purge_tokens(now).await? + self.grants.purge_grants(now).await?)
     }
 }

@@ -96,7 +96,8 @@ async fn service(settings: &Settings) -> anyhow::Result<AuthService> {
 pub enum KeysCommand {
     /// List the signing keys: the newest signs, older ones verify until their tokens expire.
     List,
-    /// Add a new signing key (with --token-algorithm); running servers use it within a minute.
+    /// Add new signing keys (one of --token-algorithm, and an RS256 key for ID tokens when that
+    /// is another); running servers use them within a minute.
     Rotate,
 }
 
@@ -106,28 +107,35 @@ pub async fn keys(cmd: KeysCommand, settings: &Settings, json: bool) -> anyhow::
     if let KeysCommand::Rotate = cmd {
         let kek = stores::key_encryption_key(&settings.stores)?;
         let alg = settings.tokens.algorithm;
-        let key = keyward_token::keys::generate(alg, &kek, now)?;
-        stores.keys.insert_key(&key).await?;
+        let set = keyward_token::keys::generate_set(alg, &kek, now)?;
+        for key in &set {
+            stores.keys.insert_key(key).await?;
+        }
+        let shown = |k: &keyward_core::StoredKey| json!({"kid": k.kid, "alg": k.alg, "created_at": ts(k.created_at)});
         if json {
-            println!(
-                "{}",
-                json!({"kid": key.kid, "alg": key.alg, "created_at": ts(key.created_at)})
-            );
+            // The access-token key, and the ID-token key when the access algorithm is not RS256.
+            let mut out = set.first().map(shown).unwrap_or_default();
+            if let (Some(obj), Some(id_key)) = (out.as_object_mut(), set.get(1)) {
+                obj.insert("id_token_key".into(), shown(id_key));
+            }
+            println!("{out}");
         } else {
-            println!(
-                "new signing key {} ({}); servers sign with it within a minute",
-                key.kid, key.alg
-            );
+            for key in &set {
+                println!(
+                    "new signing key {} ({}); servers sign with it within a minute",
+                    key.kid, key.alg
+                );
+            }
         }
         return Ok(());
     }
     let list = stores.keys.list_keys().await?;
     let ttl = settings.tokens.access_ttl;
-    let created: Vec<OffsetDateTime> = list.iter().map(|k| k.created_at).collect();
+    let ages = keyward_token::keys::ages(&list);
     let status = |i: usize| {
-        if keyward_token::keys::is_retired(&created, i, now, ttl) {
+        if keyward_token::keys::is_retired(&ages, i, now, ttl) {
             "retired"
-        } else if i + 1 == list.len() {
+        } else if keyward_token::keys::is_newest(&ages, i) {
             "signing"
         } else {
             "verifying"
@@ -267,7 +275,16 @@ pub async fn clients(cmd: ClientsCommand, settings: &Settings, json: bool) -> an
             }
         }
         ClientsCommand::Delete { client_id } => {
-            if !stores.clients.delete_client(&client_id).await? {
+            let now = keyward_core::Clock::now(&SystemClock);
+            let deleted = keyward_core::oauth::delete_client(
+                &stores.clients,
+                &*stores.grants,
+                &stores.tokens,
+                &client_id,
+                now,
+            )
+            .await?;
+            if !deleted {
                 bail!("no client with id '{client_id}'");
             }
             if json {

@@ -141,6 +141,10 @@ impl Application {
             stores.tokens.clone(),
             stores.keys.clone(),
             kek,
+            keyward_token::OAuthStores {
+                clients: stores.clients.clone(),
+                grants: stores.grants.clone(),
+            },
             settings.tokens.clone(),
         )
         .await

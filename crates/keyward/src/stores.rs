@@ -3,8 +3,8 @@
 use crate::config::{ConfigError, StoreSettings};
 use keyward_core::feed::ChangeFeed;
 use keyward_core::{
-    DynClientStore, DynFailureLog, DynKeyStore, DynMfaStore, DynOutbox, DynSessionStore,
-    DynTicketStore, DynTokenStore, DynUserStore, MemorySessionStore,
+    DynClientStore, DynFailureLog, DynGrantStore, DynKeyStore, DynMfaStore, DynOutbox,
+    DynSessionStore, DynTicketStore, DynTokenStore, DynUserStore, MemorySessionStore,
 };
 use keyward_core::{Engine, StoreUrl};
 use keyward_redis::feed::RedisFeed;
@@ -32,6 +32,8 @@ pub struct Stores {
     pub mfa: DynMfaStore,
     /// OAuth clients: in the database.
     pub clients: DynClientStore,
+    /// Authorization codes, grants and consents: in the database.
+    pub grants: DynGrantStore,
     /// Where failed logins are counted when other processes share it (the session store's
     /// PostgreSQL, SQLite file or Redis); else each process counts its own.
     pub failure_log: Option<DynFailureLog>,
@@ -158,7 +160,8 @@ pub async fn open(settings: &StoreSettings) -> Result<Stores, OpenFailure> {
         tickets: db.clone(),
         outbox: db.clone(),
         mfa: db.clone(),
-        clients: db,
+        clients: db.clone(),
+        grants: db,
         failure_log,
     })
 }

@@ -359,3 +359,180 @@ async fn a_browser_turns_on_two_step_sign_in_by_scanning_the_qr_code() {
     assert!(b.source().await.unwrap().contains("9 recovery codes left"));
     b.close().await.unwrap();
 }
+
+/// A stand-in for an OAuth client's web app on a loopback port: what arrives at `/cb` and
+/// `/bye` is sent to the test.
+async fn relying_party() -> (u16, tokio::sync::mpsc::UnboundedReceiver<(String, String)>) {
+    use axum::extract::{RawQuery, Request};
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let arrive = move |RawQuery(q): RawQuery, req: Request| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send((req.uri().path().to_owned(), q.unwrap_or_default()));
+            axum::response::Html("<p id=\"arrived\">back at the app</p>")
+        }
+    };
+    // Only the app's two redirect targets count (a browser also asks for /favicon.ico).
+    let app = axum::Router::new()
+        .route("/cb", axum::routing::get(arrive.clone()))
+        .route("/bye", axum::routing::get(arrive));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (port, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_authorizes_an_app_through_sign_in_and_consent_and_signs_out_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]).await;
+    let (port, mut arrived) = relying_party().await;
+    let bye = format!("http://127.0.0.1:{port}/bye");
+    let out = crate::process::run(
+        dir.path(),
+        &[
+            "clients",
+            "add",
+            "Photo Printer",
+            "--redirect-uri",
+            "http://127.0.0.1/cb",
+            "--post-logout-redirect-uri",
+            &bye,
+            "--json",
+        ],
+        None,
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let registered: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let client_id = registered["client_id"].as_str().unwrap().to_owned();
+    let res = client()
+        .post(server.url("/v1/users"))
+        .json(&json!({"username": "oauth.user", "password": PW}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let (b, _driver, _profile) = browser().await;
+    let wait = |css: &'static str| wait_for(b.clone(), css);
+    let next = |rx: &mut tokio::sync::mpsc::UnboundedReceiver<(String, String)>| {
+        let got = rx.try_recv();
+        got.unwrap_or_else(|e| panic!("nothing arrived at the app: {e}"))
+    };
+
+    // The app sends the browser to authorize; keyward asks it to sign in first.
+    let redirect = format!("http://127.0.0.1:{port}/cb");
+    let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+    let mut url = url::Url::parse(&server.url("/oauth/authorize")).unwrap();
+    url.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", &client_id)
+        .append_pair("redirect_uri", &redirect)
+        .append_pair("scope", "openid profile")
+        .append_pair("state", "af0ifjsldkj")
+        .append_pair("nonce", "n-0S6")
+        .append_pair(
+            "code_challenge",
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+        )
+        .append_pair("code_challenge_method", "S256");
+    b.goto(url.as_str()).await.unwrap();
+    wait("#username").await;
+    b.find(Locator::Css("#username"))
+        .await
+        .unwrap()
+        .send_keys("oauth.user")
+        .await
+        .unwrap();
+    b.find(Locator::Css("#password"))
+        .await
+        .unwrap()
+        .send_keys(PW)
+        .await
+        .unwrap();
+    b.find(Locator::Css(
+        "form[action='/v1/sessions'] button[type=submit]",
+    ))
+    .await
+    .unwrap()
+    .click()
+    .await
+    .unwrap();
+
+    // The consent page names the app and what it asks for.
+    wait("#allow").await;
+    let page = b.source().await.unwrap();
+    assert!(
+        page.contains("Allow Photo Printer to use your account?"),
+        "{page}"
+    );
+    assert!(page.contains("data-scope=\"profile\""));
+    b.find(Locator::Css("#allow"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+
+    // Back at the app, with a code it exchanges with its verifier.
+    wait("#arrived").await;
+    let (path, query) = next(&mut arrived);
+    assert_eq!(path, "/cb");
+    let q: std::collections::HashMap<String, String> =
+        url::form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+    assert_eq!(q["state"], "af0ifjsldkj");
+    assert_eq!(q["iss"], server.url(""));
+    let res = client()
+        .post(server.url("/v1/token"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", &q["code"]),
+            ("redirect_uri", &redirect),
+            ("client_id", &client_id),
+            ("code_verifier", verifier),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let tokens: serde_json::Value = res.json().await.unwrap();
+    let id_token = tokens["id_token"].as_str().unwrap().to_owned();
+
+    // The consent is listed on the account page.
+    b.goto(&server.url("/account")).await.unwrap();
+    wait("#apps").await;
+    assert!(b.source().await.unwrap().contains("Photo Printer"));
+
+    // The app asks keyward to sign the user out: a confirmation page, then back to the app.
+    let mut url = url::Url::parse(&server.url("/oauth/logout")).unwrap();
+    url.query_pairs_mut()
+        .append_pair("id_token_hint", &id_token)
+        .append_pair("post_logout_redirect_uri", &bye)
+        .append_pair("state", "bye-1");
+    b.goto(url.as_str()).await.unwrap();
+    wait("#sign-out").await;
+    assert!(b
+        .source()
+        .await
+        .unwrap()
+        .contains("Photo Printer asks to sign you out"));
+    b.find(Locator::Css("#sign-out"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait("#arrived").await;
+    let (path, query) = next(&mut arrived);
+    assert_eq!((path.as_str(), query.as_str()), ("/bye", "state=bye-1"));
+    b.goto(&server.url("/account")).await.unwrap();
+    wait("#username").await;
+    assert_eq!(b.current_url().await.unwrap().path(), "/", "signed out");
+    b.close().await.unwrap();
+}

@@ -950,3 +950,111 @@ async fn scripts_cluster_starts_a_working_fleet_and_stops_it_all() {
         );
     }
 }
+
+/// Codes, consents and clients live in the shared database: an authorization started on one
+/// node finishes on others, and a code's replay on a third revokes what it issued everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oauth_flow_starts_on_one_node_and_ends_on_others() {
+    let shared = Shared::start("postgres").await;
+    let fleet = Fleet::on(&shared, 3, &[]).await;
+    let nodes = fleet.nodes();
+    let mut args = vec![
+        "clients",
+        "add",
+        "Photos",
+        "--redirect-uri",
+        "https://photos.example.com/cb",
+        "--json",
+    ];
+    args.extend(fleet.args.iter().map(String::as_str));
+    let out = crate::process::run(fleet.dir.path(), &args, None).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let client_id = serde_json::from_slice::<Value>(&out.stdout).unwrap()["client_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let cookie = register_and_login(&nodes[0], "oauth.fleet", PW).await;
+    let http = client();
+    let cb = "https://photos.example.com/cb";
+    let mut url = url::Url::parse(&format!("{}/oauth/authorize", nodes[1])).unwrap();
+    url.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", &client_id)
+        .append_pair("redirect_uri", cb)
+        .append_pair("scope", "openid")
+        .append_pair("state", "s")
+        .append_pair(
+            "code_challenge",
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+        )
+        .append_pair("code_challenge_method", "S256");
+
+    // Node 2 asks for consent (not first-party); the answer goes to node 3.
+    let res = http
+        .get(url.as_str())
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "the consent page");
+    let mut form: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    form.push(("decision".into(), "allow".into()));
+    let res = http
+        .post(format!("{}/oauth/authorize", nodes[2]))
+        .header("cookie", &cookie)
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 302);
+    let to = url::Url::parse(res.headers()["location"].to_str().unwrap()).unwrap();
+    let code = to
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned();
+
+    // Exchanged on node 1, used on node 2, replayed on node 3: revoked on all.
+    let exchange = |base: String| {
+        let http = http.clone();
+        let form = [
+            ("grant_type", "authorization_code".to_owned()),
+            ("code", code.clone()),
+            ("redirect_uri", cb.to_owned()),
+            ("client_id", client_id.clone()),
+            (
+                "code_verifier",
+                "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk".to_owned(),
+            ),
+        ];
+        async move {
+            http.post(format!("{base}/v1/token"))
+                .form(&form)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let res = exchange(nodes[0].clone()).await;
+    assert_eq!(res.status(), 200);
+    let tokens: Value = res.json().await.unwrap();
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(bearer(&nodes[1], &access).await, 200);
+    assert_eq!(exchange(nodes[2].clone()).await.status(), 400);
+    for base in &nodes {
+        assert_eq!(bearer(base, &access).await, 401, "{base}");
+    }
+    // A consent given through node 3 is remembered on node 1.
+    let res = http
+        .get(url.as_str().replace(&nodes[1], &nodes[0]))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 302);
+}

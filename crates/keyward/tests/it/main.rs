@@ -19,6 +19,7 @@ mod forward_auth;
 mod hardening;
 mod mail;
 mod mfa;
+mod oidc;
 mod outage;
 mod process;
 mod redis;

@@ -36,7 +36,7 @@ async fn me(app: &TestApp, cookie: &str) -> Value {
 }
 
 /// Turn TOTP on for the signed-in user; returns the secret and the recovery codes.
-async fn enrol(app: &TestApp, cookie: &str) -> (String, Vec<String>) {
+pub(crate) async fn enrol(app: &TestApp, cookie: &str) -> (String, Vec<String>) {
     let res = post(
         app,
         "/v1/users/me/totp",

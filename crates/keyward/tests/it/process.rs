@@ -143,7 +143,7 @@ impl Server {
     }
 }
 
-async fn run(dir: &Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+pub(crate) async fn run(dir: &Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
     let mut child = Command::new(BIN)
         .args(args)
         .current_dir(dir)
@@ -790,8 +790,8 @@ async fn signing_keys_are_sealed_and_rotated_from_the_cli() {
         .unwrap();
     assert_eq!(
         jwks["keys"].as_array().unwrap().len(),
-        1,
-        "a key is generated on first start"
+        2,
+        "keys are generated on first start: EdDSA for access tokens, RS256 for ID tokens"
     );
     s.stop().await;
 
@@ -822,13 +822,24 @@ async fn signing_keys_are_sealed_and_rotated_from_the_cli() {
         String::from_utf8_lossy(&out.stderr)
     );
     let new: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(new["alg"], "EdDSA");
+    assert_eq!(new["id_token_key"]["alg"], "RS256");
     let out = run(dir.path(), &["keys", "list", "--json"], None).await;
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let list = list.as_array().unwrap();
-    assert_eq!(list.len(), 2);
-    assert_eq!(list[1]["kid"], new["kid"]);
-    assert_eq!(list[1]["status"], "signing");
-    assert_eq!(list[0]["status"], "verifying");
+    assert_eq!(list.as_array().unwrap().len(), 4);
+    // Each chain: the new key signs, the old one verifies.
+    for (alg, newest) in [("EdDSA", &new), ("RS256", &new["id_token_key"])] {
+        let chain: Vec<&Value> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|k| k["alg"] == alg)
+            .collect();
+        assert_eq!(chain.len(), 2, "{alg}");
+        assert_eq!(chain[1]["kid"], newest["kid"]);
+        assert_eq!(chain[1]["status"], "signing");
+        assert_eq!(chain[0]["status"], "verifying");
+    }
     let out = run(dir.path(), &["keys", "list"], None).await;
     assert!(String::from_utf8(out.stdout)
         .unwrap()
@@ -847,7 +858,7 @@ async fn signing_keys_are_sealed_and_rotated_from_the_cli() {
         .json()
         .await
         .unwrap();
-    assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 4);
     let c = client();
     assert_eq!(
         c.post(s.url("/v1/users"))

@@ -439,10 +439,16 @@ async fn discovery_documents() {
         .await
         .unwrap();
     let keys = jwks["keys"].as_array().unwrap();
-    assert_eq!(keys.len(), 1);
-    assert_eq!(keys[0]["kty"], "OKP");
-    assert_eq!(keys[0]["crv"], "Ed25519");
-    assert!(keys[0].get("d").is_none());
+    assert_eq!(keys.len(), 2, "the access-token key and the ID-token key");
+    let okp = keys.iter().find(|k| k["kty"] == "OKP").unwrap();
+    assert_eq!(okp["crv"], "Ed25519");
+    assert_eq!(okp["alg"], "EdDSA");
+    assert!(okp.get("d").is_none());
+    let rsa = keys.iter().find(|k| k["kty"] == "RSA").unwrap();
+    assert_eq!(rsa["alg"], "RS256");
+    for private in ["d", "p", "q", "dp", "dq", "qi"] {
+        assert!(rsa.get(private).is_none(), "{private}");
+    }
     let meta: Value = app
         .client
         .get(app.url("/.well-known/oauth-authorization-server"))
@@ -629,11 +635,18 @@ async fn rfc8725_attacks_are_refused() {
         ),
     ));
     // Key confusion: HS256 with the public key as the HMAC secret.
-    let public_x = jwks["keys"][0]["x"].as_str().unwrap().to_owned();
+    let okp = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kty"] == "OKP")
+        .unwrap()
+        .clone();
+    let public_x = okp["x"].as_str().unwrap().to_owned();
     for secret in [
         public_x.as_bytes().to_vec(),
         URL_SAFE_NO_PAD.decode(&public_x).unwrap(),
-        jwks["keys"][0].to_string().into_bytes(),
+        okp.to_string().into_bytes(),
     ] {
         let h = URL_SAFE_NO_PAD
             .encode(json!({"alg": "HS256", "typ": "at+jwt", "kid": kid}).to_string());
@@ -663,7 +676,7 @@ async fn rfc8725_attacks_are_refused() {
 
     // Claims signed by our own key but wrong: issuer, audience, not yet valid, expired.
     let ring = app.tokens.keyring();
-    let key = ring.current().unwrap();
+    let key = ring.current(keyward_token::SigningAlg::EdDSA).unwrap();
     let good: AccessClaims = serde_json::from_value(claims.clone()).unwrap();
     let now = good.iat;
     let cases = [
@@ -727,6 +740,7 @@ async fn es256_zero_signature_is_refused() {
     assert_eq!(me(&app, &access).await, 200);
 }
 
+/// The access-token keys of the JWKS (EdDSA here; the RS256 ID-token chain rotates beside).
 async fn jwks_kids(app: &TestApp) -> Vec<String> {
     let jwks: Value = app
         .client
@@ -741,6 +755,7 @@ async fn jwks_kids(app: &TestApp) -> Vec<String> {
         .as_array()
         .unwrap()
         .iter()
+        .filter(|k| k["alg"] != "RS256")
         .map(|k| k["kid"].as_str().unwrap().to_owned())
         .collect()
 }
@@ -823,7 +838,10 @@ async fn key_rotation_keeps_old_tokens_until_they_expire_then_retires_the_key() 
     let old_kid = parts(&old_access).0["kid"].as_str().unwrap().to_owned();
     // A long-lived token from the old key, to tell "retired key" apart from "expired token".
     let ring = app.tokens.keyring();
-    let old_key = ring.current().unwrap().clone();
+    let old_key = ring
+        .current(keyward_token::SigningAlg::EdDSA)
+        .unwrap()
+        .clone();
     let mut long: AccessClaims = serde_json::from_value(parts(&old_access).1).unwrap();
     long.exp += 86_400;
     let long_token = keyward_token::jwt::sign(&old_key, &long).unwrap();

@@ -1,0 +1,42 @@
+-- The authorization code flow. A code is kept only as its SHA-256; its redemption marks it
+-- used and names the refresh-token family its tokens belong to, so a replay can revoke them.
+-- Used codes stay until a day after their expiry, which is how long a replay is recognised.
+CREATE TABLE oauth_codes (
+    code_hash       BLOB    PRIMARY KEY NOT NULL,
+    client_id       TEXT    NOT NULL,
+    redirect_uri    TEXT    NOT NULL,
+    code_challenge  TEXT    NOT NULL,
+    nonce           TEXT,
+    scope           TEXT    NOT NULL,
+    user_id         TEXT    NOT NULL,
+    session_id      TEXT    NOT NULL,
+    auth_time       INTEGER  NOT NULL,
+    amr             INTEGER NOT NULL,
+    created_at      INTEGER  NOT NULL,
+    expires_at      INTEGER  NOT NULL,
+    used_at         INTEGER,
+    family_id       TEXT    NOT NULL,
+    replayed        INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX oauth_codes_client ON oauth_codes (client_id);
+
+-- A refresh-token family issued to a client (families of the password grant have none).
+CREATE TABLE oauth_grants (
+    family_id   TEXT    PRIMARY KEY NOT NULL,
+    client_id   TEXT    NOT NULL,
+    user_id     TEXT    NOT NULL,
+    scope       TEXT    NOT NULL,
+    created_at  INTEGER  NOT NULL,
+    expires_at  INTEGER  NOT NULL
+);
+CREATE INDEX oauth_grants_client_user ON oauth_grants (client_id, user_id);
+
+-- What a user allowed a client that is not first-party.
+CREATE TABLE oauth_consents (
+    user_id     TEXT    NOT NULL,
+    client_id   TEXT    NOT NULL,
+    scope       TEXT    NOT NULL,
+    granted_at  INTEGER  NOT NULL,
+    PRIMARY KEY (user_id, client_id)
+);
+CREATE INDEX oauth_consents_client ON oauth_consents (client_id);
