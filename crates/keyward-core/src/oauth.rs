@@ -51,6 +51,16 @@ impl Scopes {
         Ok(Self(set))
     }
 
+    /// The known scopes of a space-separated list, ignoring the others (OpenID Connect Core
+    /// §3.1.2.1: scope values that are not understood should be ignored).
+    pub fn parse_known(raw: &str) -> Self {
+        Self(
+            raw.split(' ')
+                .filter_map(|s| SCOPES.iter().find(|k| **k == s).copied())
+                .collect(),
+        )
+    }
+
     /// Whether `scope` is in the set.
     pub fn has(&self, scope: &str) -> bool {
         self.0.contains(scope)
@@ -209,13 +219,11 @@ pub trait GrantStore: Send + Sync + 'static {
     async fn insert_grant(&self, grant: &Grant) -> StoreResult<()>;
     /// A family's grant.
     async fn grant(&self, family: SessionId) -> StoreResult<Option<Grant>>;
-    /// Remove the grants of a user (or every user, `None`) to a client, returning their
-    /// families (which the caller revokes).
-    async fn remove_grants(
-        &self,
-        user: Option<UserId>,
-        client_id: &str,
-    ) -> StoreResult<Vec<SessionId>>;
+    /// The families granted to a client by a user (or by every user, `None`), which the
+    /// caller revokes. Grants stay until their family ends: a family without one is the
+    /// built-in client's, so a grant is never removed before its family is over.
+    async fn grants_of(&self, user: Option<UserId>, client_id: &str)
+        -> StoreResult<Vec<SessionId>>;
     /// A user's consent to a client.
     async fn consent(&self, user: UserId, client_id: &str) -> StoreResult<Option<Consent>>;
     /// Record a consent (replacing the user's earlier one to this client).
@@ -241,14 +249,15 @@ pub async fn revoke_consent(
     now: OffsetDateTime,
 ) -> StoreResult<bool> {
     let had = grants.delete_consent(user, client_id).await?;
-    for family in grants.remove_grants(Some(user), client_id).await? {
+    for family in grants.grants_of(Some(user), client_id).await? {
         tokens.revoke_family(family, now).await?;
     }
     Ok(had)
 }
 
-/// Delete a client: its families are revoked first, then the client and with it its codes,
-/// grants and consents. False when there is no such client.
+/// Delete a client (and with it its codes and consents), then revoke every family it holds:
+/// once it is gone no exchange can make another, and a family an exchange made meanwhile
+/// stays bound to a client that no longer authenticates. False when there is no such client.
 pub async fn delete_client(
     clients: &DynClientStore,
     grants: &dyn GrantStore,
@@ -256,13 +265,13 @@ pub async fn delete_client(
     client_id: &str,
     now: OffsetDateTime,
 ) -> StoreResult<bool> {
-    if clients.client(client_id).await?.is_none() {
+    if !clients.delete_client(client_id).await? {
         return Ok(false);
     }
-    for family in grants.remove_grants(None, client_id).await? {
+    for family in grants.grants_of(None, client_id).await? {
         tokens.revoke_family(family, now).await?;
     }
-    clients.delete_client(client_id).await
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -283,6 +292,11 @@ mod tests {
             UnknownScope("admin".into())
         );
         assert!(Scopes::parse("").unwrap().is_empty());
+        assert_eq!(
+            Scopes::parse_known("openid address phone email").to_string(),
+            "openid email"
+        );
+        assert!(Scopes::parse_known("address").is_empty());
         assert_eq!(
             s.union(&Scopes::parse("profile").unwrap()).to_string(),
             "openid profile email"

@@ -15,7 +15,7 @@ use crate::Keyward;
 use axum::extract::{RawQuery, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use keyward_core::oauth::is_pkce_text;
 use keyward_core::{ClientRecord, Scopes};
@@ -27,9 +27,19 @@ use std::sync::Arc;
 
 pub(crate) fn routes() -> Router<Keyward> {
     Router::new()
-        .route("/oauth/authorize", get(authorize).post(decide))
-        .route("/oauth/userinfo", get(userinfo).post(userinfo))
+        .route("/oauth/authorize", get(authorize).post(authorize_post))
+        .route("/oauth/consent", post(decide))
         .route("/oauth/logout", get(logout_page).post(logout))
+}
+
+/// Userinfo, which single-page apps call from their own origin (`oauth.rs` adds CORS).
+pub(crate) fn userinfo_routes() -> Router<Keyward> {
+    Router::new().route(
+        "/oauth/userinfo",
+        get(userinfo)
+            .post(userinfo)
+            .options(|| async { StatusCode::NO_CONTENT }),
+    )
 }
 
 /// The longest value any authorization or logout parameter may have.
@@ -40,21 +50,42 @@ const AUTH_AFTER: &str = "kw_auth_after";
 
 type Params = BTreeMap<String, String>;
 
-/// A request's parameters, each at most once (RFC 6749 §3.1) and bounded.
-fn parse_params(raw: &[u8]) -> Result<Params, String> {
+/// The parameters whose fault makes a request one that cannot go back to its client.
+const ADDRESSING: [&str; 2] = ["client_id", "redirect_uri"];
+
+/// A request's parameters. Each may come once (RFC 6749 §3.1), be at most `MAX_PARAM` bytes
+/// and hold no control character; the first fault is returned beside them, to be answered
+/// once the client and redirect URI are known. A faulty `client_id` or `redirect_uri` is
+/// left out, so that the request is answered with a page.
+fn parse_params(raw: &[u8]) -> (Params, Option<String>) {
     let mut out = Params::new();
+    let mut dropped = std::collections::BTreeSet::new();
+    let mut fault = None;
     for (k, v) in url::form_urlencoded::parse(raw) {
-        if v.len() > MAX_PARAM || k.len() > 64 {
-            return Err(format!(
-                "parameter {} is too long",
-                k.chars().take(64).collect::<String>()
-            ));
-        }
-        if out.insert(k.to_string(), v.into_owned()).is_some() {
-            return Err(format!("parameter {k} is repeated"));
+        let problem = if v.len() > MAX_PARAM || k.len() > 64 {
+            Some("is too long")
+        } else if v.chars().any(char::is_control) || k.chars().any(char::is_control) {
+            Some("holds a control character")
+        } else if out.contains_key(k.as_ref()) || dropped.contains(k.as_ref()) {
+            Some("is repeated")
+        } else {
+            None
+        };
+        match problem {
+            Some(problem) => {
+                let shown: String = k.chars().filter(|c| !c.is_control()).take(64).collect();
+                fault.get_or_insert_with(|| format!("parameter {shown} {problem}"));
+                if ADDRESSING.contains(&k.as_ref()) {
+                    out.remove(k.as_ref());
+                    dropped.insert(k.into_owned());
+                }
+            }
+            None => {
+                out.insert(k.into_owned(), v.into_owned());
+            }
         }
     }
-    Ok(out)
+    (out, fault)
 }
 
 fn tokens(kw: &Keyward) -> Option<&Arc<TokenService>> {
@@ -209,7 +240,12 @@ impl Authorization {
     }
 }
 
-async fn check(svc: &TokenService, kw: &Keyward, params: Params) -> Result<Authorization, Refusal> {
+async fn check(
+    svc: &TokenService,
+    kw: &Keyward,
+    params: Params,
+    fault: Option<String>,
+) -> Result<Authorization, Refusal> {
     let page400 = |text: &str| {
         Refusal::Page(error_page(
             kw,
@@ -245,6 +281,9 @@ async fn check(svc: &TokenService, kw: &Keyward, params: Params) -> Result<Autho
         state: params.get("state").cloned(),
     };
     let bad = |error: &'static str, text: &str| Refusal::Redirect(target(), error, text.to_owned());
+    if let Some(fault) = fault {
+        return Err(bad("invalid_request", &fault));
+    }
     match params.get("response_type").map(String::as_str) {
         Some("code") => {}
         None => return Err(bad("invalid_request", "response_type is required")),
@@ -273,13 +312,17 @@ async fn check(svc: &TokenService, kw: &Keyward, params: Params) -> Result<Autho
             "only response_mode=query is supported",
         ));
     }
+    // Scopes keyward does not offer are ignored (OpenID Connect Core §3.1.2.1: `address`,
+    // `phone` and the like); a request left with none is refused.
     let scope = match params.get("scope") {
-        None => Scopes::parse("openid"),
-        Some(raw) => Scopes::parse(raw),
-    }
-    .map_err(|e| bad("invalid_scope", &e.to_string()))?;
+        None => Scopes::parse_known("openid"),
+        Some(raw) => Scopes::parse_known(raw),
+    };
     if scope.is_empty() {
-        return Err(bad("invalid_scope", "scope names no scope"));
+        return Err(bad(
+            "invalid_scope",
+            "scope names none of openid, profile, email, offline_access",
+        ));
     }
     let Some(challenge) = params.get("code_challenge") else {
         return Err(bad(
@@ -357,18 +400,21 @@ async fn check(svc: &TokenService, kw: &Keyward, params: Params) -> Result<Autho
     })
 }
 
-/// Whether the session is good enough for this request: not older than `max_age`, made
-/// after a demanded re-authentication, and `prompt=login` not asked.
+/// Whether the session is good enough for this request: not older than `max_age` (not
+/// judged again when the consent page is answered, which may take the user a while), made
+/// after a demanded re-authentication (with a few seconds for the clocks of other nodes),
+/// and `prompt=login` not asked.
 fn session_will_do(
     a: &Authorization,
     created: time::OffsetDateTime,
     now: time::OffsetDateTime,
+    answering: bool,
 ) -> bool {
     let created_s = created.unix_timestamp();
     let now_s = now.unix_timestamp();
     !a.prompt.iter().any(|p| p == "login")
-        && a.max_age.is_none_or(|m| now_s - created_s <= m)
-        && a.auth_after.is_none_or(|t| created_s >= t)
+        && (answering || a.max_age.is_none_or(|m| now_s - created_s <= m))
+        && a.auth_after.is_none_or(|t| created_s + 5 >= t)
 }
 
 /// Send the browser to sign in, then back to this request.
@@ -400,7 +446,14 @@ fn scope_text(scope: &str) -> &'static str {
     }
 }
 
-fn consent_page(kw: &Keyward, a: &Authorization, username: &str) -> Response {
+fn consent_page(
+    kw: &Keyward,
+    svc: &TokenService,
+    a: &Authorization,
+    session: &keyward_core::SessionRecord,
+) -> Response {
+    let username = session.username.as_str();
+    let token = svc.consent_token(session.id, &a.client.id, &a.target.redirect_uri, &a.scope);
     let host = url::Url::parse(&a.target.redirect_uri)
         .ok()
         .map(|u| match u.host_str() {
@@ -418,10 +471,11 @@ fn consent_page(kw: &Keyward, a: &Authorization, username: &str) -> Response {
                 }
             }
             p.aside { "You will be sent back to " strong { (host) } ". You can revoke this access at any time on your account page." }
-            form method="post" action=(kw.path("/oauth/authorize")) {
+            form method="post" action=(kw.path("/oauth/consent")) {
                 @for (k, v) in &a.params {
                     input type="hidden" name=(k) value=(v);
                 }
+                input type="hidden" name="consent_token" value=(token);
                 div.actions {
                     button #allow type="submit" name="decision" value="allow" { "Allow" }
                     button.secondary #deny type="submit" name="decision" value="deny" { "Deny" }
@@ -442,12 +496,18 @@ fn consent_page(kw: &Keyward, a: &Authorization, username: &str) -> Response {
     res
 }
 
-/// Judge a request: `decision` is the consent form's answer, when this is its post.
+/// The consent form's answer and the token that binds it to its page.
+struct Answer {
+    decision: String,
+    token: String,
+}
+
+/// Judge a request: `answer` is the consent form's, when this is its post.
 async fn run(
     kw: &Keyward,
     session: Option<crate::extract::CurrentSession>,
-    params: Params,
-    decision: Option<&str>,
+    (params, fault): (Params, Option<String>),
+    answer: Option<Answer>,
 ) -> Response {
     let Some(svc) = tokens(kw) else {
         return error_page(
@@ -457,7 +517,7 @@ async fn run(
             "OAuth is not enabled here.",
         );
     };
-    let a = match check(svc, kw, params).await {
+    let a = match check(svc, kw, params, fault).await {
         Ok(a) => a,
         Err(Refusal::Page(res)) => return res,
         Err(Refusal::Redirect(target, error, text)) => return target.error(svc, error, &text),
@@ -471,9 +531,10 @@ async fn run(
             .error(svc, "invalid_request", "malformed continuation");
     }
     let none = a.prompt.iter().any(|p| p == "none");
+    let answering = answer.is_some();
     let usable = session
         .as_ref()
-        .filter(|cs| decision.is_some() || session_will_do(&a, cs.session.created_at, now));
+        .filter(|cs| session_will_do(&a, cs.session.created_at, now, answering));
     let Some(cs) = usable else {
         if none {
             return a
@@ -483,7 +544,24 @@ async fn run(
         return to_sign_in(kw, &a, session.is_some(), now.unix_timestamp());
     };
     let user = cs.session.user_id;
-    match decision {
+    if let Some(answer) = &answer {
+        let bound = svc.consent_token_ok(
+            &answer.token,
+            cs.session.id,
+            &a.client.id,
+            &a.target.redirect_uri,
+            &a.scope,
+        );
+        if !bound {
+            return error_page(
+                kw,
+                StatusCode::BAD_REQUEST,
+                "This page has expired",
+                "The consent form was not shown to this session for this request. Start again from the application.",
+            );
+        }
+    }
+    match answer.as_ref().map(|a| a.decision.as_str()) {
         Some("deny") => {
             tracing::info!(target: keyward_core::AUDIT, event = "consent_denied", user_id = %user, client_id = %a.client.id);
             return a
@@ -517,7 +595,7 @@ async fn run(
                         "the user has not consented to this client",
                     );
                 }
-                return consent_page(kw, &a, &cs.session.username);
+                return consent_page(kw, svc, &a, &cs.session);
             }
         }
     }
@@ -546,18 +624,25 @@ async fn authorize(
     MaybeSession(cs): MaybeSession,
     RawQuery(query): RawQuery,
 ) -> Response {
-    match parse_params(query.unwrap_or_default().as_bytes()) {
-        Ok(params) => run(&kw, cs, params, None).await,
-        Err(text) => error_page(
-            &kw,
-            StatusCode::BAD_REQUEST,
-            "Invalid sign-in request",
-            &text,
-        ),
+    let params = parse_params(query.unwrap_or_default().as_bytes());
+    run(&kw, cs, params, None).await
+}
+
+/// An authorization request sent as a form post (OpenID Connect Core §3.1.2.1): judged as
+/// the same request sent with `GET`.
+async fn authorize_post(
+    State(kw): State<Keyward>,
+    MaybeSession(cs): MaybeSession,
+    req: Request,
+) -> Response {
+    match read_body(req).await {
+        Ok(bytes) => run(&kw, cs, parse_params(&bytes), None).await,
+        Err(e) => e.into_response(),
     }
 }
 
-/// The consent form's post: the request again, and the answer.
+/// The consent form's post (`/oauth/consent`): the request again, the answer, and the
+/// token that binds them to the session the page was shown to.
 async fn decide(
     State(kw): State<Keyward>,
     MaybeSession(cs): MaybeSession,
@@ -567,18 +652,9 @@ async fn decide(
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    let mut params = match parse_params(&bytes) {
-        Ok(p) => p,
-        Err(text) => {
-            return error_page(
-                &kw,
-                StatusCode::BAD_REQUEST,
-                "Invalid sign-in request",
-                &text,
-            )
-        }
-    };
-    let Some(decision) = params.remove("decision") else {
+    let (mut params, fault) = parse_params(&bytes);
+    let (Some(decision), Some(token)) = (params.remove("decision"), params.remove("consent_token"))
+    else {
         return error_page(
             &kw,
             StatusCode::BAD_REQUEST,
@@ -586,7 +662,7 @@ async fn decide(
             "The consent form's answer is missing.",
         );
     };
-    run(&kw, cs, params, Some(&decision)).await
+    run(&kw, cs, (params, fault), Some(Answer { decision, token })).await
 }
 
 /// OpenID Connect Core §5.3: the claims the access token's scopes allow. Tokens of the
@@ -599,9 +675,14 @@ async fn userinfo(State(kw): State<Keyward>, req: Request) -> Result<Response, A
         .await?
         .ok_or(ApiError::InvalidToken)?;
     let scope = match claims.scope.as_deref() {
-        Some(s) => Scopes::parse(s).unwrap_or_default(),
-        None => Scopes::parse("openid profile email").unwrap_or_default(),
+        Some(s) => Scopes::parse_known(s),
+        None => Scopes::parse_known("openid profile email"),
     };
+    if !scope.has("openid") {
+        return Err(ApiError::InsufficientScope(
+            "userinfo needs an access token granted the openid scope".into(),
+        ));
+    }
     let user = keyward_core::UserId::parse(&claims.sub).ok_or(ApiError::InvalidToken)?;
     let user = kw
         .auth()
@@ -704,14 +785,15 @@ async fn logout_request(kw: &Keyward, raw: &[u8]) -> Result<Logout, Response> {
             "OAuth is not enabled here.",
         ));
     };
-    let params = parse_params(raw).map_err(|text| {
-        error_page(
+    let (params, fault) = parse_params(raw);
+    if let Some(text) = fault {
+        return Err(error_page(
             kw,
             StatusCode::BAD_REQUEST,
             "Invalid sign-out request",
             &text,
-        )
-    })?;
+        ));
+    }
     check_logout(svc, kw, &params).await
 }
 

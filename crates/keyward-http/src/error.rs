@@ -37,6 +37,10 @@ pub enum ApiError {
     /// Refused (403).
     #[error("{0}")]
     Forbidden(String),
+    /// A valid bearer token that does not reach this resource (403 with
+    /// `error="insufficient_scope"`, RFC 6750 §3.1).
+    #[error("{0}")]
+    InsufficientScope(String),
     /// No such resource (404).
     #[error("not found")]
     NotFound,
@@ -137,7 +141,7 @@ impl ApiError {
             | Self::InvalidToken
             | Self::InvalidClient(_)
             | Self::ClientAuthFailed(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::InsufficientScope(_) => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
@@ -194,6 +198,14 @@ impl ApiError {
     fn headers(&self, status: StatusCode, res: &mut Response) {
         let h = res.headers_mut();
         match self {
+            Self::InsufficientScope(_) => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        "Bearer realm=\"keyward\", error=\"insufficient_scope\"",
+                    ),
+                );
+            }
             Self::InvalidToken => {
                 h.insert(
                     header::WWW_AUTHENTICATE,

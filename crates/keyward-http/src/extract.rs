@@ -175,6 +175,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
                 return Err(ApiError::InvalidToken);
             };
             return match tokens.authenticate(token).await? {
+                // A third-party client's token is for userinfo, not for the account.
+                Some(claims) if !tokens.grants_account_access(&claims).await? => {
+                    Err(ApiError::InsufficientScope(
+                        "this access token was issued to a third-party client: it is good for /oauth/userinfo, not for the account".into(),
+                    ))
+                }
                 Some(claims) => Ok(Self::Bearer(claims)),
                 None => Err(ApiError::InvalidToken),
             };

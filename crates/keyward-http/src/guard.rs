@@ -41,9 +41,14 @@ pub(crate) fn cross_site_refusal(
     // Bearer requests carry no ambient credential, but a bearer header exempts only requests
     // without a session cookie (a cookie-only route must not skip the check because a header
     // was added); the token endpoints take no cookie; verify only reports who the caller is.
+    // An authorization request may come as a form post from the client's site (OpenID
+    // Connect Core §3.1.2.1); like the same request sent with GET, it changes nothing but
+    // sends a code to the client's registered redirect URI. The consent answer
+    // (`/oauth/consent`) is judged like any form.
     if (bearer_token(headers).is_some() && !cookie)
         || path == "/v1/verify"
         || path.starts_with("/v1/token")
+        || path == "/oauth/authorize"
     {
         return None;
     }

@@ -21,13 +21,34 @@ use serde_json::json;
 use std::sync::Arc;
 
 pub(crate) fn routes() -> Router<Keyward> {
+    // What a single-page app on another origin calls: none of it reads a cookie (the
+    // token endpoint authenticates the client and the code, userinfo the bearer token), so
+    // any origin may, without credentials.
+    let cors = tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .max_age(std::time::Duration::from_secs(3600));
+    // A preflight needs an OPTIONS route for the CORS layer to answer it on (axum's own
+    // "method not allowed" is not layered).
+    let preflight = || async { StatusCode::NO_CONTENT };
+    let public = Router::new()
+        .route("/v1/token", post(token).options(preflight))
+        .route("/v1/token/revoke", post(revoke).options(preflight))
+        .route("/.well-known/jwks.json", get(jwks).options(preflight))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(metadata).options(preflight),
+        )
+        .route(
+            "/.well-known/openid-configuration",
+            get(metadata).options(preflight),
+        )
+        .merge(crate::authorize::userinfo_routes())
+        .layer(cors);
     Router::new()
-        .route("/v1/token", post(token))
-        .route("/v1/token/revoke", post(revoke))
         .route("/v1/token/introspect", post(introspect))
-        .route("/.well-known/jwks.json", get(jwks))
-        .route("/.well-known/oauth-authorization-server", get(metadata))
-        .route("/.well-known/openid-configuration", get(metadata))
+        .merge(public)
         .merge(crate::authorize::routes())
 }
 
@@ -96,9 +117,10 @@ fn client_credentials(
                     "client_id differs from the Basic credentials".into(),
                 )));
             }
+            // A public client may send Basic with an empty password (RFC 6749 §2.3.1).
             Ok(ClientCredentials {
                 id: Some(id),
-                secret: Some(SecretString::from(secret)),
+                secret: (!secret.is_empty()).then(|| SecretString::from(secret)),
             })
         }
         None => Ok(ClientCredentials {
@@ -151,9 +173,15 @@ async fn token(
     let mut p = params(req).await?;
     let grant = required(p.grant_type.take(), "grant_type")?;
     let known = ["password", "refresh_token", "authorization_code"];
+    if grant == "password" && !svc.config().password_grant {
+        return Err(OAuth(
+            keyward_token::TokenError::PasswordGrantDisabled.into(),
+        ));
+    }
     let caller = if known.contains(&grant.as_str()) {
         let creds = client_credentials(&headers, &mut p)?;
-        Some(svc.authenticate_client(creds, ip).await?)
+        let registered_only = grant == "authorization_code";
+        Some(svc.authenticate_client(creds, registered_only, ip).await?)
     } else {
         None
     };
@@ -295,6 +323,9 @@ async fn metadata(State(kw): State<Keyward>) -> Response {
         "id_token_signing_alg_values_supported": ["RS256"],
         "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "at_hash", "amr", "sid", "azp", "preferred_username", "email", "email_verified"],
         "prompt_values_supported": ["none", "login", "consent"],
+        "request_parameter_supported": false,
+        "request_uri_parameter_supported": false,
+        "claims_parameter_supported": false,
         "authorization_response_iss_parameter_supported": true,
         "service_documentation": format!("{base}/openapi.json"),
     }))

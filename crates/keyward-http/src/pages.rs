@@ -555,7 +555,7 @@ async fn revoke_app(
     let Some(cs) = cs else {
         return Ok(to_sign_in(&kw));
     };
-    if let Some(svc) = kw.tokens() {
+    if let (Some(svc), false) = (kw.tokens(), client_id.chars().any(char::is_control)) {
         svc.revoke_consent(cs.session.user_id, &client_id).await?;
     }
     Ok(Redirect::to(&kw.path("/account")).into_response())

@@ -11,10 +11,10 @@ const COLS: &str =
 const INSERT: &str = "INSERT INTO oauth_clients \
      (id, name, redirect_uris, post_logout_redirect_uris, secret_hash, first_party, created_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7)";
-/// A client goes with its codes, grants and consents.
-const DELETE: [&str; 4] = [
+/// A client goes with its codes and consents; its grants stay until their families end
+/// (see `GrantStore::grants_of`).
+const DELETE: [&str; 3] = [
     "DELETE FROM oauth_codes WHERE client_id = $1",
-    "DELETE FROM oauth_grants WHERE client_id = $1",
     "DELETE FROM oauth_consents WHERE client_id = $1",
     "DELETE FROM oauth_clients WHERE id = $1",
 ];

@@ -47,8 +47,8 @@ const GRANT: &str = concat!(
     grant_cols!(),
     " FROM oauth_grants WHERE family_id = $1"
 );
-const REMOVE_GRANTS: &str = "DELETE FROM oauth_grants \
-     WHERE client_id = $1 AND (CAST($2 AS TEXT) IS NULL OR user_id = $2) RETURNING family_id";
+const GRANTS_OF: &str = "SELECT family_id FROM oauth_grants \
+     WHERE client_id = $1 AND (CAST($2 AS TEXT) IS NULL OR user_id = $2) ORDER BY created_at";
 
 const CONSENT: &str = "SELECT user_id, client_id, scope, granted_at FROM oauth_consents \
      WHERE user_id = $1 AND client_id = $2";
@@ -238,12 +238,12 @@ impl GrantStore for SqlStore {
         row.map(Grant::try_from).transpose()
     }
 
-    async fn remove_grants(
+    async fn grants_of(
         &self,
         user: Option<UserId>,
         client_id: &str,
     ) -> StoreResult<Vec<SessionId>> {
-        let rows: Vec<(String,)> = on!(self, |p| sqlx::query_as(REMOVE_GRANTS)
+        let rows: Vec<(String,)> = on!(self, |p| sqlx::query_as(GRANTS_OF)
             .bind(client_id)
             .bind(user.map(|u| u.to_string()))
             .fetch_all(p)

@@ -53,6 +53,7 @@ fn sign_and_verify(c: &mut Criterion) {
             vec![SigningKey::load(&stored, &kek).unwrap()],
             now,
             Duration::minutes(15),
+            alg,
         );
         let cl = claims(now.unix_timestamp());
         let token = sign(&key, &cl).unwrap();

@@ -66,18 +66,28 @@ pub struct CodeExchange<'a> {
 }
 
 const BAD_CODE: &str = "the authorization code is invalid, expired or was already used";
+const UNKNOWN_CLIENT: &str = "unknown client";
 
 impl TokenService {
     /// Authenticate the caller of the token endpoint (RFC 6749 §2.3): a confidential client
     /// by its secret (`client_secret_basic` or `client_secret_post`), a public client by its
     /// id alone. Failures count against the caller's address.
+    ///
+    /// `registered_only` is for the code grant. The password and refresh grants ignored a
+    /// `client_id` before registered clients existed, so there an id that names no client,
+    /// sent without a secret, still means the built-in client.
     pub async fn authenticate_client(
         &self,
         creds: ClientCredentials,
+        registered_only: bool,
         ip: Option<IpAddr>,
     ) -> Result<Caller, TokenError> {
         self.admitted(ip)?;
-        let outcome = self.check_client(creds).await;
+        let lenient = !registered_only && creds.secret.is_none();
+        let outcome = match self.check_client(creds).await {
+            Err(TokenError::ClientAuthentication(UNKNOWN_CLIENT)) if lenient => Ok(Caller::BuiltIn),
+            other => other,
+        };
         if matches!(outcome, Err(TokenError::ClientAuthentication(_))) {
             self.auth.throttle().token_failed(ip).await;
         }
@@ -94,11 +104,11 @@ impl TokenService {
             }
             Some(id) => id,
         };
-        if id.len() > 128 {
-            return Err(TokenError::ClientAuthentication("unknown client"));
+        if id.len() > 128 || id.chars().any(char::is_control) {
+            return Err(TokenError::ClientAuthentication(UNKNOWN_CLIENT));
         }
         let Some(client) = self.clients.client(id).await? else {
-            return Err(TokenError::ClientAuthentication("unknown client"));
+            return Err(TokenError::ClientAuthentication(UNKNOWN_CLIENT));
         };
         match (&creds.secret, client.is_confidential()) {
             (Some(secret), true) if client.secret_is(secret.expose_secret()) => {}
@@ -261,6 +271,18 @@ impl TokenService {
         ex: CodeExchange<'_>,
         ip: Option<IpAddr>,
     ) -> Result<TokenPair, TokenError> {
+        // What the request itself lacks is refused before the code is looked at, so a
+        // malformed request does not use the code up.
+        let Some(redirect_uri) = ex.redirect_uri else {
+            return Err(TokenError::InvalidRequest(
+                "missing parameter redirect_uri (the one of the authorization request)",
+            ));
+        };
+        let Some(verifier) = ex.code_verifier else {
+            return Err(TokenError::InvalidRequest(
+                "missing parameter code_verifier (PKCE)",
+            ));
+        };
         let Some(presented) = SessionToken::parse(ex.code) else {
             return Err(TokenError::InvalidCode(BAD_CODE));
         };
@@ -283,14 +305,11 @@ impl TokenService {
                 "the authorization code was issued to another client",
             ));
         }
-        if ex.redirect_uri != Some(code.redirect_uri.as_str()) {
+        if redirect_uri != code.redirect_uri {
             return Err(TokenError::InvalidCode(
                 "redirect_uri is not the one of the authorization request",
             ));
         }
-        let Some(verifier) = ex.code_verifier else {
-            return Err(TokenError::InvalidCode("code_verifier is required (PKCE)"));
-        };
         if !pkce_matches(verifier, &code.code_challenge) {
             return Err(TokenError::InvalidCode(
                 "code_verifier does not match the code_challenge",
@@ -301,6 +320,12 @@ impl TokenService {
         };
         if user.locked {
             return Err(TokenError::InvalidCode(BAD_CODE));
+        }
+        // A consent withdrawn since the code was issued withdraws the code too.
+        if self.needs_consent(client, user.id, &code.scope).await? {
+            return Err(TokenError::InvalidCode(
+                "the user withdrew the consent this code was issued under",
+            ));
         }
         let offline = code.scope.has("offline_access");
         let family = RefreshFamily {
@@ -339,7 +364,7 @@ impl TokenService {
         }
         let scope = code.scope.to_string();
         let (access_token, expires_in) =
-            self.issue_for(&family, &client.id, Some(scope.clone()))?;
+            self.issue_for(&family, Some(client), Some(&code.scope))?;
         let id_token = if code.scope.has("openid") {
             Some(self.id_token(&code, &user, &access_token)?)
         } else {
@@ -390,6 +415,62 @@ impl TokenService {
             email,
         };
         id::sign(key, &claims).map_err(TokenError::Sign)
+    }
+
+    /// Whether a bearer token may act on the user's account (`/v1/me`, sessions, forward
+    /// auth): tokens of the built-in client and of first-party clients may; a third-party
+    /// client's token is for `/oauth/userinfo`, within its scopes.
+    pub async fn grants_account_access(
+        &self,
+        claims: &crate::AccessClaims,
+    ) -> Result<bool, StoreError> {
+        if claims.client_id == CLIENT_ID {
+            return Ok(true);
+        }
+        if let Some(known) = self.first_party.get(&claims.client_id) {
+            return Ok(known);
+        }
+        let first_party = self
+            .clients
+            .client(&claims.client_id)
+            .await?
+            .is_some_and(|c| c.first_party);
+        self.first_party
+            .insert(claims.client_id.clone(), first_party);
+        Ok(first_party)
+    }
+
+    /// The consent form's token: binds an answer to the browser session that was shown the
+    /// page and to the request it was shown for (client, redirect URI, scopes), so that no
+    /// other page, not even one of an allowed origin, can post an answer for the user.
+    pub fn consent_token(
+        &self,
+        session: SessionId,
+        client_id: &str,
+        redirect_uri: &str,
+        scope: &Scopes,
+    ) -> String {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine as _;
+        let message = format!("{session}\n{client_id}\n{redirect_uri}\n{scope}");
+        URL_SAFE_NO_PAD.encode(keyward_core::secret::hmac_sha256(
+            &self.consent_key,
+            message.as_bytes(),
+        ))
+    }
+
+    /// Whether `presented` is [`TokenService::consent_token`] of this request (constant-time).
+    pub fn consent_token_ok(
+        &self,
+        presented: &str,
+        session: SessionId,
+        client_id: &str,
+        redirect_uri: &str,
+        scope: &Scopes,
+    ) -> bool {
+        use subtle::ConstantTimeEq;
+        let expected = self.consent_token(session, client_id, redirect_uri, scope);
+        expected.as_bytes().ct_eq(presented.as_bytes()).into()
     }
 
     /// What an `id_token_hint` of ours says; `None` when it is not one.

@@ -32,6 +32,8 @@ pub struct AccessClaims {
     /// RFC 9068 requires it; keyward has one public client.
     pub client_id: String,
     /// The user's name, so resource servers need no look-up.
+    /// Absent from tokens of a third-party client granted no `profile` scope.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub preferred_username: String,
     /// RFC 9068 `scope`: the scopes granted to a registered client (tokens of the built-in
     /// client have none).

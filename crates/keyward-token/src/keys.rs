@@ -302,15 +302,21 @@ pub struct Keyring {
 }
 
 impl Keyring {
-    /// A keyring of these keys (any order), dropping those retired at `now`.
-    pub fn new(mut keys: Vec<SigningKey>, now: OffsetDateTime, access_ttl: Duration) -> Self {
+    /// A keyring of these keys (any order), dropping those retired at `now` for access
+    /// tokens of `access_alg` ([`is_retired`]).
+    pub fn new(
+        mut keys: Vec<SigningKey>,
+        now: OffsetDateTime,
+        access_ttl: Duration,
+        access_alg: SigningAlg,
+    ) -> Self {
         keys.sort_by_key(|k| k.created_at);
         let ages: Vec<(SigningAlg, OffsetDateTime)> =
             keys.iter().map(|k| (k.alg, k.created_at)).collect();
         let keys = keys
             .into_iter()
             .enumerate()
-            .filter(|(i, _)| !is_retired(&ages, *i, now, access_ttl))
+            .filter(|(i, _)| !is_retired(&ages, *i, now, access_ttl, access_alg))
             .map(|(_, k)| Arc::new(k))
             .collect();
         Self { keys }
@@ -379,19 +385,23 @@ pub fn ages(stored: &[StoredKey]) -> Vec<(SigningAlg, OffsetDateTime)> {
 }
 
 /// Whether key `i` of `keys` (algorithm and creation, sorted by creation) is retired at
-/// `now`: a newer key of its chain has been signing for longer than any token lives.
+/// `now`: a newer key of its chain has been signing for longer than any token lives. When
+/// the access-token algorithm `access_alg` is RS256, the other chain is no longer made, and
+/// its keys retire the same way once a newer key of `access_alg` has signed that long.
 pub fn is_retired(
     keys: &[(SigningAlg, OffsetDateTime)],
     i: usize,
     now: OffsetDateTime,
     access_ttl: Duration,
+    access_alg: SigningAlg,
 ) -> bool {
     let Some((alg, created)) = keys.get(i) else {
         return false;
     };
-    keys.iter()
-        .skip(i + 1)
-        .any(|(a, c)| chain(*a) == chain(*alg) && c >= created && *c + access_ttl <= now)
+    keys.iter().skip(i + 1).any(|(a, c)| {
+        let supersedes = chain(*a) == chain(*alg) || (*a == access_alg && !chain(*alg));
+        supersedes && c >= created && *c + access_ttl <= now
+    })
 }
 
 /// Whether key `i` of `keys` (as for [`is_retired`]) is the newest of its chain.

@@ -193,6 +193,11 @@ pub struct TokenService {
     /// one. Time, key retirement and the deny list are checked again on every use.
     verified: moka::sync::Cache<[u8; 32], Arc<(AccessClaims, String)>>,
     keyring: RwLock<Arc<Keyring>>,
+    /// Whether a registered client is first-party, by id (clients cannot change that; a
+    /// deleted client's tokens are revoked with its families).
+    first_party: moka::sync::Cache<String, bool>,
+    /// Binds a consent form to the session and the request it was shown for.
+    consent_key: [u8; 32],
     /// When an unknown `kid` last made us read the keys again (Unix ms): at most once per
     /// five seconds, so garbage `kid`s cannot turn into store load.
     last_reload_ms: std::sync::atomic::AtomicI64,
@@ -239,6 +244,7 @@ impl TokenService {
         config: TokenConfig,
     ) -> Result<Self, TokenError> {
         let successor_key = kek.derive(b"keyward refresh-token successor v1");
+        let consent_key = kek.derive(b"keyward consent form v1");
         let svc = Self {
             auth,
             tokens,
@@ -253,6 +259,11 @@ impl TokenService {
                 )
                 .build(),
             keyring: RwLock::new(Arc::new(Keyring::default())),
+            first_party: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(std::time::Duration::from_secs(60))
+                .build(),
+            consent_key,
             last_reload_ms: std::sync::atomic::AtomicI64::new(0),
             clients: oauth.clients,
             grants: oauth.grants,
@@ -309,19 +320,29 @@ impl TokenService {
     /// Re-read the keys from the store (a rotation made by another node or the CLI), and
     /// delete keys past every token's lifetime.
     pub async fn reload_keys(&self) -> Result<(), TokenError> {
-        let stored = self.key_store.list_keys().await?;
+        let mut stored = self.key_store.list_keys().await?;
+        let wanted = [self.config.algorithm, keys::ID_TOKEN_ALG];
+        if wanted
+            .iter()
+            .any(|alg| !stored.iter().any(|k| k.alg == alg.name()))
+        {
+            // A key this node signs with is gone (deleted by a node of another version, or by
+            // hand): make it again rather than stop issuing.
+            self.ensure_keys().await?;
+            stored = self.key_store.list_keys().await?;
+        }
         let now = self.now();
         let ages = keys::ages(&stored);
         let mut loaded = Vec::new();
         for (i, s) in stored.iter().enumerate() {
-            if keys::is_retired(&ages, i, now, self.config.access_ttl) {
+            if keys::is_retired(&ages, i, now, self.config.access_ttl, self.config.algorithm) {
                 self.key_store.delete_key(&s.kid).await?;
                 tracing::info!(target: AUDIT, event = "signing_key_retired", kid = %s.kid);
                 continue;
             }
             loaded.push(SigningKey::load(s, &self.kek)?);
         }
-        let ring = Keyring::new(loaded, now, self.config.access_ttl);
+        let ring = Keyring::new(loaded, now, self.config.access_ttl, self.config.algorithm);
         *self.keyring.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(ring);
         Ok(())
     }
@@ -380,16 +401,19 @@ impl TokenService {
 
     /// Sign an access token of `family` for the built-in client.
     fn issue(&self, family: &RefreshFamily) -> Result<(String, i64), TokenError> {
-        self.issue_for(family, CLIENT_ID, None)
+        self.issue_for(family, None, None)
     }
 
-    /// Sign an access token of `family` for `client_id`, with `scope` when it has one.
+    /// Sign an access token of `family` for `client` (`None`: the built-in one), with `scope`
+    /// when it has one. A third-party client learns the username only with `profile`.
     fn issue_for(
         &self,
         family: &RefreshFamily,
-        client_id: &str,
-        scope: Option<String>,
+        client: Option<&keyward_core::ClientRecord>,
+        scope: Option<&keyward_core::Scopes>,
     ) -> Result<(String, i64), TokenError> {
+        let client_id = client.map_or(CLIENT_ID, |c| c.id.as_str());
+        let named = client.is_none_or(|c| c.first_party) || scope.is_some_and(|s| s.has("profile"));
         let ring = self.keyring();
         let key = ring
             .current(self.config.algorithm)
@@ -408,8 +432,12 @@ impl TokenService {
             jti: uuid::Uuid::new_v4().to_string(),
             sid: family.id.to_string(),
             client_id: client_id.to_owned(),
-            preferred_username: family.username.clone(),
-            scope,
+            preferred_username: if named {
+                family.username.clone()
+            } else {
+                String::new()
+            },
+            scope: scope.map(ToString::to_string),
         };
         let token = jwt::sign(key, &claims).map_err(TokenError::Sign)?;
         Ok((token, (exp - now).whole_seconds().max(0)))
@@ -522,8 +550,10 @@ impl TokenService {
                     tracing::warn!(target: AUDIT, event = "refresh_token_wrong_client", user_id = %family.user_id, sid = %family.id, client_id = %caller, bound_to = %bound_to, ip = %show_ip(ip));
                     return Err(TokenError::InvalidGrant);
                 }
-                let scope = grant.map(|g| g.scope.to_string());
-                let (access_token, expires_in) = self.issue_for(&family, caller, scope.clone())?;
+                let granted = grant.map(|g| g.scope);
+                let (access_token, expires_in) =
+                    self.issue_for(&family, client, granted.as_ref())?;
+                let scope = granted.map(|s| s.to_string());
                 metrics::counter!("keyward_tokens_issued_total", "grant" => "refresh_token")
                     .increment(1);
                 tracing::info!(target: AUDIT, event = "token_refreshed", user_id = %family.user_id, sid = %family.id, client_id = %caller, ip = %show_ip(ip));

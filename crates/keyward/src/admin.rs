@@ -133,7 +133,7 @@ pub async fn keys(cmd: KeysCommand, settings: &Settings, json: bool) -> anyhow::
     let ttl = settings.tokens.access_ttl;
     let ages = keyward_token::keys::ages(&list);
     let status = |i: usize| {
-        if keyward_token::keys::is_retired(&ages, i, now, ttl) {
+        if keyward_token::keys::is_retired(&ages, i, now, ttl, settings.tokens.algorithm) {
             "retired"
         } else if keyward_token::keys::is_newest(&ages, i) {
             "signing"

@@ -149,6 +149,16 @@ impl Application {
         )
         .await
         .map_err(StartError::Keys)?;
+        let issuer = settings.tokens.issuer.trim_end_matches('/');
+        if issuer != settings.http.public_url.as_str().trim_end_matches('/') {
+            // OpenID Connect Discovery fetches `{issuer}/.well-known/openid-configuration`
+            // and insists the document names that issuer.
+            tracing::warn!(
+                issuer,
+                public_url = %settings.http.public_url,
+                "--issuer differs from --public-url: OpenID clients find the discovery document only if the issuer URL also reaches this server"
+            );
+        }
         let keyward = Keyward::new(auth, Some(Arc::new(tokens)), settings.http.clone());
         Ok(Self {
             listener,

@@ -1001,10 +1001,18 @@ async fn an_oauth_flow_starts_on_one_node_and_ends_on_others() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200, "the consent page");
+    let page = res.text().await.unwrap();
+    let token = page
+        .split("name=\"consent_token\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_owned();
     let mut form: Vec<(String, String)> = url.query_pairs().into_owned().collect();
     form.push(("decision".into(), "allow".into()));
+    form.push(("consent_token".into(), token));
     let res = http
-        .post(format!("{}/oauth/authorize", nodes[2]))
+        .post(format!("{}/oauth/consent", nodes[2]))
         .header("cookie", &cookie)
         .form(&form)
         .send()
@@ -1044,10 +1052,18 @@ async fn an_oauth_flow_starts_on_one_node_and_ends_on_others() {
     assert_eq!(res.status(), 200);
     let tokens: Value = res.json().await.unwrap();
     let access = tokens["access_token"].as_str().unwrap().to_owned();
-    assert_eq!(bearer(&nodes[1], &access).await, 200);
+    // A third-party client's token is good for userinfo (not for the account).
+    let userinfo = |base: &str| {
+        let req = http
+            .get(format!("{base}/oauth/userinfo"))
+            .bearer_auth(&access);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(userinfo(&nodes[1]).await, 200);
+    assert_eq!(bearer(&nodes[1], &access).await, 403);
     assert_eq!(exchange(nodes[2].clone()).await.status(), 400);
     for base in &nodes {
-        assert_eq!(bearer(base, &access).await, 401, "{base}");
+        assert_eq!(userinfo(base).await, 401, "{base}");
     }
     // A consent given through node 3 is remembered on node 1.
     let res = http
