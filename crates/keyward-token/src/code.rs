@@ -219,7 +219,7 @@ impl TokenService {
         self.grants
             .insert_code(&AuthorizationCode {
                 hash: code.hash(),
-                family_id: SessionId::new_in(session.user_id.shard()),
+                family_id: keyward_core::oauth::family_id(session.user_id.shard(), true),
                 client_id: client.id.clone(),
                 redirect_uri: req.redirect_uri.clone(),
                 code_challenge: req.code_challenge.clone(),

@@ -5,7 +5,7 @@
 use crate::keys::{Keyring, SigningKey, ID_TOKEN_ALG};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use jsonwebtoken::{decode, decode_header, encode, Header, Validation};
+use jsonwebtoken::{decode, decode_header, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -62,7 +62,7 @@ pub fn sign(key: &SigningKey, claims: &IdClaims) -> Result<String, jsonwebtoken:
     let mut header = Header::new(key.alg_jose());
     header.typ = Some(TYP.to_owned());
     header.kid = Some(key.kid.clone());
-    encode(&header, claims, &key.encoding)
+    key.sign_jws(&header, claims)
 }
 
 /// What an `id_token_hint` says: the client it was issued to and whose it is.

@@ -85,7 +85,7 @@ pub fn sign(
     let mut header = Header::new(key.alg_jose());
     header.typ = Some(TYP.to_owned());
     header.kid = Some(key.kid.clone());
-    encode(&header, claims, &key.encoding)
+    key.sign_jws(&header, claims)
 }
 
 /// Sign with a `crit` header: for tests that check such tokens are refused.

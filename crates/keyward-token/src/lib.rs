@@ -290,6 +290,16 @@ impl TokenService {
         Ok(())
     }
 
+    /// The grant of a family; `None` for the built-in client's (read only for families
+    /// marked as the code flow's, `keyward_core::oauth::may_have_grant`).
+    async fn grant_of(&self, family: SessionId) -> Result<Option<keyward_core::Grant>, StoreError> {
+        if keyward_core::oauth::may_have_grant(family) {
+            self.grants.grant(family).await
+        } else {
+            Ok(None)
+        }
+    }
+
     /// The registered OAuth clients.
     pub fn clients(&self) -> &DynClientStore {
         &self.clients
@@ -462,7 +472,7 @@ impl TokenService {
         }
         let now = self.now();
         let family = RefreshFamily {
-            id: SessionId::new_in(user.id.shard()),
+            id: keyward_core::oauth::family_id(user.id.shard(), false),
             user_id: user.id,
             username: user.username.clone(),
             created_at: now,
@@ -542,7 +552,7 @@ impl TokenService {
             .await?
         {
             RotateOutcome::Rotated(family) => {
-                let grant = self.grants.grant(family.id).await?;
+                let grant = self.grant_of(family.id).await?;
                 let bound_to = grant.as_ref().map_or(CLIENT_ID, |g| g.client_id.as_str());
                 let caller = client.map_or(CLIENT_ID, |c| c.id.as_str());
                 if bound_to != caller {
@@ -712,7 +722,7 @@ impl TokenService {
             let Some(family) = self.tokens.family_of(&refresh.hash(), now).await? else {
                 return Ok(None);
             };
-            let grant = self.grants.grant(family.id).await?;
+            let grant = self.grant_of(family.id).await?;
             return Ok(Some(Introspection {
                 active: true,
                 token_type: "refresh_token",

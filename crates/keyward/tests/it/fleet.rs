@@ -952,10 +952,21 @@ async fn scripts_cluster_starts_a_working_fleet_and_stops_it_all() {
 }
 
 /// Codes, consents and clients live in the shared database: an authorization started on one
-/// node finishes on others, and a code's replay on a third revokes what it issued everywhere.
+/// node finishes on others, and a code's replay on a third revokes what it issued everywhere
+/// (the families and the deny list are in the session store: PostgreSQL, or Redis beside a
+/// shared SQLite database).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oauth_flow_starts_on_one_node_and_ends_on_others() {
-    let shared = Shared::start("postgres").await;
+    oauth_across_nodes("postgres").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oauth_flow_starts_on_one_node_and_ends_on_others_on_redis() {
+    oauth_across_nodes("redis").await;
+}
+
+async fn oauth_across_nodes(engine: &str) {
+    let shared = Shared::start(engine).await;
     let fleet = Fleet::on(&shared, 3, &[]).await;
     let nodes = fleet.nodes();
     let mut args = vec![
