@@ -243,8 +243,10 @@ pub trait GrantStore: Send + Sync + 'static {
     async fn redeem_code(&self, hash: &TokenHash, now: OffsetDateTime) -> StoreResult<Redeemed>;
     /// Whether the code was presented again after its first use.
     async fn code_replayed(&self, hash: &TokenHash) -> StoreResult<bool>;
-    /// Record a family's grant.
-    async fn insert_grant(&self, grant: &Grant) -> StoreResult<()>;
+    /// Record a family's grant, unless `code` (the code the family was issued from) was
+    /// presented again meanwhile: one statement, so the check and the insert are one step.
+    /// False, with nothing recorded, when it was.
+    async fn insert_grant(&self, grant: &Grant, code: &TokenHash) -> StoreResult<bool>;
     /// A family's grant.
     async fn grant(&self, family: SessionId) -> StoreResult<Option<Grant>>;
     /// The families granted to a client by a user (or by every user, `None`), which the

@@ -37,10 +37,14 @@ macro_rules! grant_cols {
         "family_id, client_id, user_id, scope, created_at, expires_at"
     };
 }
+/// The grant, unless its code was replayed (the casts let PostgreSQL type the parameters of
+/// a bare `SELECT`).
 const INSERT_GRANT: &str = concat!(
     "INSERT INTO oauth_grants (",
     grant_cols!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6)"
+    ") SELECT CAST($1 AS TEXT), CAST($2 AS TEXT), CAST($3 AS TEXT), CAST($4 AS TEXT), \
+     CAST($5 AS BIGINT), CAST($6 AS BIGINT) WHERE NOT EXISTS \
+     (SELECT 1 FROM oauth_codes WHERE code_hash = $7 AND replayed)"
 );
 const GRANT: &str = concat!(
     "SELECT ",
@@ -215,7 +219,7 @@ impl GrantStore for SqlStore {
         Ok(row.is_some_and(|(r,)| r))
     }
 
-    async fn insert_grant(&self, g: &Grant) -> StoreResult<()> {
+    async fn insert_grant(&self, g: &Grant, code: &TokenHash) -> StoreResult<bool> {
         on!(self, |p| sqlx::query(INSERT_GRANT)
             .bind(g.family_id.to_string())
             .bind(&g.client_id)
@@ -223,9 +227,10 @@ impl GrantStore for SqlStore {
             .bind(g.scope.to_string())
             .bind(to_unix_ms(g.created_at))
             .bind(to_unix_ms(g.expires_at))
+            .bind(code.as_bytes().as_slice())
             .execute(p)
             .await
-            .map(|_| ()))
+            .map(|d| d.rows_affected() > 0))
         .map_err(store_error)
     }
 

@@ -1311,13 +1311,22 @@ pub async fn grants_and_consents<
         created_at: now,
         expires_at: now + Duration::days(30),
     };
-    s.insert_grant(&grant).await.unwrap();
+    let refused = Grant {
+        family_id: SessionId::new(),
+        ..grant.clone()
+    };
+    assert!(
+        !s.insert_grant(&refused, &code.hash).await.unwrap(),
+        "not after the code's replay"
+    );
+    assert_eq!(s.grant(refused.family_id).await.unwrap(), None);
+    assert!(s.insert_grant(&grant, &unknown).await.unwrap());
     let others = Grant {
         family_id: SessionId::new(),
         user_id: other,
         ..grant.clone()
     };
-    s.insert_grant(&others).await.unwrap();
+    assert!(s.insert_grant(&others, &unknown).await.unwrap());
     assert_eq!(s.grant(family).await.unwrap(), Some(grant.clone()));
     assert_eq!(s.grant(SessionId::new()).await.unwrap(), None);
     assert_eq!(
@@ -1372,7 +1381,7 @@ pub async fn grants_and_consents<
     assert_eq!(s.grant(others.family_id).await.unwrap(), None);
 
     // A client goes with its codes and consents; its grants stay until their families end.
-    s.insert_grant(&grant).await.unwrap();
+    assert!(s.insert_grant(&grant, &unknown).await.unwrap());
     let pending = AuthorizationCode {
         hash: SessionToken::generate().unwrap().hash(),
         ..code.clone()

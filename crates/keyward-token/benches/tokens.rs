@@ -11,7 +11,9 @@
 //! - `service/code_flow`: one authorization code issued to a registered public client and
 //!   exchanged at the token endpoint's service, with PKCE S256 and an RS256 ID token: the
 //!   code's insert, its compare-and-set redemption, the user read, the grant's insert and the
-//!   replay check in SQLite (in memory), the family in the memory store, two signatures.
+//!   replay check in SQLite (in memory), the family in the memory store, two signatures;
+//!   `service/code_issue` is the issue alone (what `/oauth/authorize` adds), so the token
+//!   endpoint's share is the difference.
 //!
 //! Figures and their reading: docs/benchmarks.md.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -167,6 +169,11 @@ fn service(c: &mut Criterion) {
         scope: keyward_core::Scopes::parse("openid profile offline_access").unwrap(),
     };
     let caller = Caller::Registered(client.clone());
+    c.bench_function("service/code_issue", |b| {
+        b.to_async(&rt).iter(|| async {
+            svc.issue_code(&client, &request, &session).await.unwrap();
+        })
+    });
     c.bench_function("service/code_flow", |b| {
         b.to_async(&rt).iter(|| async {
             let code = svc.issue_code(&client, &request, &session).await.unwrap();

@@ -345,20 +345,18 @@ impl TokenService {
         let refresh = SessionToken::generate_in(user.id.shard())
             .map_err(|_| TokenError::Key(keys::KeyError::Random))?;
         self.tokens.create_family(&family, &refresh.hash()).await?;
-        self.grants
-            .insert_grant(&Grant {
-                family_id: family.id,
-                client_id: client.id.clone(),
-                user_id: user.id,
-                scope: code.scope.clone(),
-                created_at: now,
-                expires_at: family.expires_at,
-            })
-            .await?;
-        // A replay that raced this exchange marked the code before or after this look: before,
-        // this exchange withdraws its own family; after, the replay found the family in place
-        // and revoked it.
-        if self.grants.code_replayed(&hash).await? {
+        let grant = Grant {
+            family_id: family.id,
+            client_id: client.id.clone(),
+            user_id: user.id,
+            scope: code.scope.clone(),
+            created_at: now,
+            expires_at: family.expires_at,
+        };
+        // A replay that raced this exchange marked the code before or after the grant's
+        // insert, which looks at the mark in the same statement: before, this exchange
+        // withdraws its own family; after, the replay found the family in place and revoked it.
+        if !self.grants.insert_grant(&grant, &hash).await? {
             self.tokens.revoke_family(family.id, now).await?;
             return Err(TokenError::InvalidCode(BAD_CODE));
         }
