@@ -196,7 +196,7 @@ pub enum Redeemed {
     /// The first use of a live code: it is used up now.
     Fresh(Box<AuthorizationCode>),
     /// A code used before: its family (the caller revokes it). Marked replayed, so a first
-    /// use still issuing sees it ([`GrantStore::code_replayed`]).
+    /// use still issuing sees it (`GrantStore::insert_grant` refuses then).
     Replayed(SessionId),
     /// No such code, or expired unused.
     Invalid,
@@ -241,8 +241,6 @@ pub trait GrantStore: Send + Sync + 'static {
     /// Use a code up, in one compare-and-set: a live unused code is marked used
     /// ([`Redeemed::Fresh`]); a used one is marked replayed ([`Redeemed::Replayed`]).
     async fn redeem_code(&self, hash: &TokenHash, now: OffsetDateTime) -> StoreResult<Redeemed>;
-    /// Whether the code was presented again after its first use.
-    async fn code_replayed(&self, hash: &TokenHash) -> StoreResult<bool>;
     /// Record a family's grant, unless `code` (the code the family was issued from) was
     /// presented again meanwhile: one statement, so the check and the insert are one step.
     /// False, with nothing recorded, when it was.

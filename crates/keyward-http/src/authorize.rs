@@ -23,7 +23,6 @@ use keyward_token::code::CodeRequest;
 use keyward_token::TokenService;
 use maud::{html, Markup};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 pub(crate) fn routes() -> Router<Keyward> {
     Router::new()
@@ -86,10 +85,6 @@ fn parse_params(raw: &[u8]) -> (Params, Option<String>) {
         }
     }
     (out, fault)
-}
-
-fn tokens(kw: &Keyward) -> Option<&Arc<TokenService>> {
-    kw.tokens()
 }
 
 /// A CSP source for where a redirect URI sends the browser: its origin for http(s), its
@@ -509,7 +504,7 @@ async fn run(
     (params, fault): (Params, Option<String>),
     answer: Option<Answer>,
 ) -> Response {
-    let Some(svc) = tokens(kw) else {
+    let Some(svc) = kw.tokens() else {
         return error_page(
             kw,
             StatusCode::NOT_FOUND,
@@ -668,7 +663,7 @@ async fn decide(
 /// OpenID Connect Core §5.3: the claims the access token's scopes allow. Tokens of the
 /// built-in client (no `scope` claim) are first-party and get them all.
 async fn userinfo(State(kw): State<Keyward>, req: Request) -> Result<Response, ApiError> {
-    let svc = tokens(&kw).ok_or(ApiError::NotFound)?;
+    let svc = kw.tokens().ok_or(ApiError::NotFound)?;
     let token = bearer_token(req.headers()).ok_or(ApiError::Unauthorized)?;
     let claims = svc
         .authenticate(token)
@@ -777,7 +772,7 @@ async fn check_logout(
 
 /// A logout request's parameters (the query, or the confirmation's form), checked.
 async fn logout_request(kw: &Keyward, raw: &[u8]) -> Result<Logout, Response> {
-    let Some(svc) = tokens(kw) else {
+    let Some(svc) = kw.tokens() else {
         return Err(error_page(
             kw,
             StatusCode::NOT_FOUND,

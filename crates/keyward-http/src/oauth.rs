@@ -7,7 +7,7 @@ use crate::extract::{
 };
 use crate::Keyward;
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -75,10 +75,10 @@ struct Params {
 /// The client credentials of a token request (RFC 6749 §2.3.1): HTTP Basic with the
 /// form-encoded id and secret, or `client_id` and `client_secret` in the body, never both.
 fn client_credentials(
-    headers: &axum::http::HeaderMap,
+    authorization: Option<&HeaderValue>,
     p: &mut Params,
 ) -> Result<ClientCredentials, OAuth> {
-    let basic = match headers.get(header::AUTHORIZATION) {
+    let basic = match authorization {
         Some(v) => {
             let bad = || {
                 OAuth(ApiError::ClientAuthFailed(
@@ -169,7 +169,7 @@ async fn token(
     req: Request,
 ) -> Result<Response, OAuth> {
     let svc = service(&kw)?;
-    let headers = req.headers().clone();
+    let authorization = req.headers().get(header::AUTHORIZATION).cloned();
     let mut p = params(req).await?;
     let grant = required(p.grant_type.take(), "grant_type")?;
     let known = ["password", "refresh_token", "authorization_code"];
@@ -179,7 +179,7 @@ async fn token(
         ));
     }
     let caller = if known.contains(&grant.as_str()) {
-        let creds = client_credentials(&headers, &mut p)?;
+        let creds = client_credentials(authorization.as_ref(), &mut p)?;
         let registered_only = grant == "authorization_code";
         Some(svc.authenticate_client(creds, registered_only, ip).await?)
     } else {

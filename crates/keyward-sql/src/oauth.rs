@@ -30,7 +30,6 @@ const USE_CODE: &str = concat!(
 );
 const REPLAY_CODE: &str = "UPDATE oauth_codes SET replayed = TRUE \
      WHERE code_hash = $1 AND used_at IS NOT NULL RETURNING family_id";
-const CODE_REPLAYED: &str = "SELECT replayed FROM oauth_codes WHERE code_hash = $1";
 
 macro_rules! grant_cols {
     () => {
@@ -208,15 +207,6 @@ impl GrantStore for SqlStore {
             Some((family,)) => Redeemed::Replayed(family_id(&family)?),
             None => Redeemed::Invalid,
         })
-    }
-
-    async fn code_replayed(&self, hash: &TokenHash) -> StoreResult<bool> {
-        let row: Option<(bool,)> = on!(self, |p| sqlx::query_as(CODE_REPLAYED)
-            .bind(hash.as_bytes().as_slice())
-            .fetch_optional(p)
-            .await)
-        .map_err(store_error)?;
-        Ok(row.is_some_and(|(r,)| r))
     }
 
     async fn insert_grant(&self, g: &Grant, code: &TokenHash) -> StoreResult<bool> {
